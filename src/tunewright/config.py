@@ -1,0 +1,201 @@
+"""Typed run configuration: one pydantic model per stage, composed into `RunConfig`.
+
+Every field carries a one-line description; `--help`, the JSON schema and `--print-config` all
+come from these. `extra="forbid"` everywhere so a typo in a recipe is an error, not a silently
+ignored key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunewright.errors import ConfigError
+
+InputFormat = Literal[
+    "auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text", "text_label"
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        "smollm2-135m",
+        description="Base model: 'smollm2-135m' (bundled), a local HF folder, a .gguf file or a Hub id.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the model folder/Hub to run (off: safer)."
+    )
+
+
+class DataConfig(_Strict):
+    train_files: list[str] = Field(
+        default_factory=list, description="Training data files (paths relative to the recipe)."
+    )
+    test_files: list[str] = Field(
+        default_factory=list,
+        description="Held-out test files; if empty, a test split is cut from the training data.",
+    )
+    format: InputFormat = Field("auto", description="Input format; 'auto' detects it per file.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical fields (text, label, prompt, completion, ...) to your column names.",
+    )
+    system_prompt: str | None = Field(
+        None, description="Instruction put first in every chat; short prompts train faster."
+    )
+    max_train_examples: int | None = Field(
+        None, ge=1, description="Use at most this many training examples (seeded sample)."
+    )
+    val_fraction: float = Field(
+        0.05, ge=0.0, lt=0.5, description="Share of training rows held out for validation loss."
+    )
+    test_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Share cut for testing when no test_files are given."
+    )
+    max_test_examples: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many test examples (seeded sample)."
+    )
+    max_seq_len: int = Field(512, ge=8, description="Longest tokenised example, in tokens.")
+    seed: int = Field(0, description="Seed for sampling and splitting.")
+
+
+class TrainConfig(_Strict):
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or all weights.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha/r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names that get adapters, or 'all-linear'."
+    )
+    lora_layers: int | None = Field(
+        None, ge=1, description="Adapt only the top N layers (backward stops below them: faster)."
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA); slower, sometimes better.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    batch_size: int = Field(16, ge=1, description="Examples per micro-batch.")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warm-up."
+    )
+    lr_warmup_steps: int = Field(10, ge=0, description="Linear warm-up length in optimiser steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="'auto' uses bf16 where the hardware runs it fast (AMX CPUs, CUDA)."
+    )
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="Validation loss every N steps (default: at the end only)."
+    )
+    log_every_steps: int = Field(5, ge=1, description="Write a metrics.jsonl row every N steps.")
+    seed: int = Field(0, description="Seed for initialisation, dropout and data order.")
+
+
+class EvalConfig(_Strict):
+    task: Literal["auto", "classification", "generation"] = Field(
+        "auto", description="'classification' when every answer is one of a few labels."
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Generation limit per answer.")
+    batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+    models: list[Literal["base", "tuned"]] = Field(
+        default_factory=lambda: ["base", "tuned"], description="Which models to evaluate."
+    )
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", description="Run name; the run folder is output_dir/name.")
+    output_dir: str = Field("runs", description="Parent folder of run folders.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data collection and splits.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
+    evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    recipe_dir: str = Field(
+        ".", description="Folder that relative data paths are resolved against (set by the loader)."
+    )
+
+    @model_validator(mode="after")
+    def _check_data(self) -> RunConfig:
+        if self.data.test_files == [] and self.data.test_fraction == 0:
+            raise ValueError("data.test_fraction is 0 and data.test_files is empty: nothing to test on")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def resolve_path(self, path: str) -> Path:
+        """A data path from the recipe, resolved against the recipe's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.recipe_dir) / p
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    parts = dotted_key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted_key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Turn `train.lr=1e-4` strings into (key, value) pairs; values are parsed as YAML."""
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw != "" else None))
+    return pairs
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: the configuration is not valid:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see `tunewright schema`)")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a recipe YAML (or defaults when None), apply dotted overrides and validate."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if recipe is not None:
+        path = Path(recipe)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+        tree.setdefault("recipe_dir", str(path.resolve().parent))
+        tree.setdefault("name", path.stem)
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (what actually ran)."""
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,167 @@
+"""Input formats: detect which one a file uses and normalise its rows to `Example`s.
+
+Each normaliser takes a row (already renamed through `data.columns`) and returns an `Example`
+or raises `RowError` naming the field and the reason; preparation turns that into a
+quarantine entry with the row's `file:line`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tunewright.data.example import ROLES, Example, Message
+
+
+class RowError(ValueError):
+    """A row that does not fit its format; the message names the field."""
+
+
+def _text_field(row: dict, name: str, *, required: bool = True) -> str | None:
+    value = row.get(name)
+    if value is None:
+        if required:
+            raise RowError(f"field '{name}': missing")
+        return None
+    if not isinstance(value, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # CSV/Parquet labels are often numbers
+        else:
+            raise RowError(f"field '{name}': expected text, got {type(value).__name__}")
+    if not value.strip() and required:
+        raise RowError(f"field '{name}': empty")
+    return value
+
+
+def _check_turns(messages: list[Message], field: str) -> tuple[Message, ...]:
+    if not messages:
+        raise RowError(f"field '{field}': no messages")
+    for i, m in enumerate(messages):
+        if m.role == "system" and i != 0:
+            raise RowError(f"field '{field}[{i}].role': 'system' is only allowed first")
+        if not m.content.strip():
+            raise RowError(f"field '{field}[{i}].content': empty")
+    if not any(m.role == "assistant" for m in messages):
+        raise RowError(f"field '{field}': no assistant turn to learn from")
+    turns = [m for m in messages if m.role != "system"]
+    if turns and turns[0].role != "user":
+        raise RowError(f"field '{field}': the first non-system turn must be 'user', got '{turns[0].role}'")
+    for prev, cur in zip(turns, turns[1:]):
+        if prev.role == cur.role:
+            raise RowError(f"field '{field}': two '{cur.role}' turns in a row (roles must alternate)")
+    return tuple(messages)
+
+
+def _messages(row: dict) -> Example:
+    raw = row.get("messages")
+    if not isinstance(raw, list):
+        raise RowError(f"field 'messages': expected a list, got {type(raw).__name__}")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RowError(f"field 'messages[{i}]': expected an object, got {type(m).__name__}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RowError(f"field 'messages[{i}].role': unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise RowError(f"field 'messages[{i}].content': expected text, got {type(content).__name__}")
+        weight = m.get("weight")
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0):
+            raise RowError(f"field 'messages[{i}].weight': expected a number >= 0, got {weight!r}")
+        out.append(Message(role, content, None if weight is None else float(weight)))
+    return Example(messages=_check_turns(out, "messages"))
+
+
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def _sharegpt(row: dict) -> Example:
+    raw = row.get("conversations")
+    if not isinstance(raw, list):
+        raise RowError(f"field 'conversations': expected a list, got {type(raw).__name__}")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RowError(f"field 'conversations[{i}]': expected an object")
+        speaker = m.get("from")
+        if speaker not in _SHAREGPT_ROLES:
+            raise RowError(f"field 'conversations[{i}].from': unknown speaker {speaker!r} (expected human, gpt or system)")
+        value = m.get("value")
+        if not isinstance(value, str):
+            raise RowError(f"field 'conversations[{i}].value': expected text, got {type(value).__name__}")
+        out.append(Message(_SHAREGPT_ROLES[speaker], value))
+    return Example(messages=_check_turns(out, "conversations"))
+
+
+def _prompt_completion(row: dict) -> Example:
+    prompt = _text_field(row, "prompt")
+    completion = _text_field(row, "completion")
+    return Example(messages=(Message("user", prompt), Message("assistant", completion)))
+
+
+def _alpaca(row: dict) -> Example:
+    instruction = _text_field(row, "instruction")
+    extra = _text_field(row, "input", required=False)
+    output = _text_field(row, "output")
+    prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+    return Example(messages=(Message("user", prompt), Message("assistant", output)))
+
+
+def _text(row: dict) -> Example:
+    return Example(text=_text_field(row, "text"))
+
+
+def _text_label(row: dict) -> Example:
+    text = _text_field(row, "text")
+    label = _text_field(row, "label").strip()
+    return Example(messages=(Message("user", text), Message("assistant", label)), label=label)
+
+
+NORMALISERS: dict[str, Callable[[dict], Example]] = {
+    "messages": _messages,
+    "sharegpt": _sharegpt,
+    "prompt_completion": _prompt_completion,
+    "alpaca": _alpaca,
+    "text_label": _text_label,
+    "text": _text,
+}
+
+# Which keys identify a format, most specific first.
+_SIGNATURES: list[tuple[str, frozenset[str]]] = [
+    ("messages", frozenset({"messages"})),
+    ("sharegpt", frozenset({"conversations"})),
+    ("alpaca", frozenset({"instruction", "output"})),
+    ("prompt_completion", frozenset({"prompt", "completion"})),
+    ("text_label", frozenset({"text", "label"})),
+    ("text", frozenset({"text"})),
+]
+
+
+def detect_format(keys: set[str], where: str) -> str:
+    """Name the format whose keys a row has; explain when none or several match."""
+    matches = [name for name, need in _SIGNATURES if need <= keys]
+    # text ⊂ text_label: the more specific one wins
+    if "text_label" in matches:
+        matches.remove("text")
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RowError(
+            f"{where}: cannot tell the format from the columns {sorted(keys)}; expected one of "
+            "messages | conversations | instruction+output | prompt+completion | text+label | text. "
+            "Set data.format, or map your columns with data.columns (e.g. {label: category})."
+        )
+    raise RowError(
+        f"{where}: the columns {sorted(keys)} fit several formats ({', '.join(matches)}); set data.format"
+    )
+
+
+def rename_columns(row: dict, columns: dict[str, str]) -> dict:
+    """Apply the recipe's `data.columns` mapping (canonical name -> the user's column name)."""
+    if not columns:
+        return row
+    renamed = dict(row)
+    for canonical, theirs in columns.items():
+        if theirs in renamed:
+            renamed[canonical] = renamed.pop(theirs)
+    return renamed

@@ -1,0 +1,57 @@
+"""`tunewright run`: prepare -> train -> evaluate -> report, in one run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from tunewright.config import RunConfig, save_config
+from tunewright.data.prepare import prepare
+from tunewright.evaluate.report import summary_table, verdict, write_markdown
+from tunewright.evaluate.runner import EvalResult, evaluate
+from tunewright.train.loop import TrainResult, train
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    train: TrainResult
+    eval: EvalResult
+    seconds: float
+
+
+def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None) -> RunResult:
+    """Run every stage of a recipe and write the run folder."""
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    console.rule("prepare")
+    dataset = prepare(cfg, strict=strict, console=console)
+    s = dataset.summary["splits"]
+    console.print(f"train {s['train']}, validation {s['val']}, test {s['test']} examples "
+                  f"({dataset.summary['quarantined']} quarantined)")
+    console.rule("train")
+    trained = train(cfg, dataset, console=console)
+    console.print(f"trained {trained.steps} steps in {trained.seconds:.0f} s, "
+                  f"{trained.tokens_per_second:.0f} tokens/s; val loss {trained.val_loss}")
+    console.rule("evaluate")
+    result = evaluate(cfg, dataset, trained.output_dir, console=console)
+    training = {
+        "steps": trained.steps,
+        "seconds": round(trained.seconds, 1),
+        "tokens_per_second": round(trained.tokens_per_second, 1),
+        "final_train_loss": round(trained.train_loss, 4),
+        "val_loss": None if trained.val_loss is None else round(trained.val_loss, 4),
+        "precision": trained.precision,
+    }
+    (cfg.run_dir / "training.json").write_text(json.dumps(training, indent=2))
+    write_markdown(result, cfg.run_dir / "report.md", training=training)
+    console.print(summary_table(result))
+    console.print(verdict(result))
+    console.print(f"run folder: {cfg.run_dir}")
+    return RunResult(cfg.run_dir, trained, result, time.perf_counter() - started)

@@ -1,0 +1,79 @@
+"""Precision choice and which parameters train (LoRA via peft, or all of them)."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from tunewright.config import TrainConfig
+from tunewright.train.loss import chunked_cross_entropy
+
+
+def fast_bf16_available() -> bool:
+    """True where bf16 matrix products are fast: CUDA with bf16, or a CPU with AMX/AVX512-bf16.
+
+    On other CPUs (plain AVX2) torch runs bf16 matmuls through a slow fallback, hundreds of
+    times slower than fp32, so 'auto' must not pick bf16 there. torch exposes the CPU feature
+    checks only as private functions; they have been stable since torch 2.1.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def resolve_precision(setting: str) -> str:
+    """'bf16' or 'fp32' for a config value of 'auto', 'bf16' or 'fp32'."""
+    if setting == "auto":
+        return "bf16" if fast_bf16_available() else "fp32"
+    return setting
+
+
+def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: str) -> nn.Module:
+    """Freeze what does not train and add LoRA adapters when asked; returns the model to train."""
+    if cfg.method == "full":
+        # fp32 master weights even under bf16 autocast: pure-bf16 updates vanish in rounding
+        model.float()
+        model.requires_grad_(True)
+        return model
+    model.requires_grad_(False)
+    if precision == "bf16":
+        # frozen weights never update, so bf16 storage loses nothing and skips autocast's casts
+        model.to(torch.bfloat16)
+    num_layers = model.config.num_hidden_layers
+    top = cfg.lora_layers or num_layers
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        use_dora=cfg.use_dora,
+        layers_to_transform=list(range(num_layers - top, num_layers)) if cfg.lora_layers else None,
+        task_type="CAUSAL_LM",
+    )
+    # adapters stay fp32 (autocast_adapter_dtype) so small updates are not lost to bf16 rounding
+    return get_peft_model(model, lora, autocast_adapter_dtype=True)
+
+
+def causal_lm_of(model: nn.Module) -> PreTrainedModel:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+class ChunkedLossForward(nn.Module):
+    """Model body + memory-lean loss as one module, so DDP/FSDP wrap the whole training forward.
+
+    Returns (summed weighted NLL, summed weight) for the micro-batch.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels, position_ids=None, loss_weights=None):
+        causal_lm = causal_lm_of(self.model)
+        hidden = causal_lm.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return chunked_cross_entropy(hidden, causal_lm.lm_head.weight, labels, loss_weights)
