@@ -69,3 +69,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path, monkeypatch):
     """Never touch the user's ~/.cache/tunewright from tests."""
     monkeypatch.setenv("TUNEWRIGHT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads that
+    spin-wait for each other can make a tiny step 100x slower."""
+    torch.set_num_threads(1)

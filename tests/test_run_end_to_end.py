@@ -37,7 +37,7 @@ def write_recipe(path: Path, model_dir: Path, **sections) -> Path:
 
 
 def tunewright(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TUNEWRIGHT_CACHE": str(env_cache), "COLUMNS": "200"}
+    env = {**os.environ, "TUNEWRIGHT_CACHE": str(env_cache), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "tunewright.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=600,

@@ -97,16 +97,11 @@ def test_one_word_changed_in_a_20_word_sentence_is_a_near_duplicate() -> None:
 
 def test_unrelated_texts_are_kept() -> None:
     rng = random.Random(1)
-    texts = [sentence(rng, rng.randint(5, 15)) for _ in range(300)]
-    decisions = list(Deduplicator().add_many(enumerate(texts)))
-    # Random draws from a 50-word vocabulary rarely overlap by 80%; any that do are genuine.
-    for decision in decisions:
-        if not decision.keep:
-            words = set(texts[decision.duplicate_of].lower().rstrip(".").split())
-            assert decision.kind == "near"
-            assert decision.jaccard is not None and decision.jaccard >= 0.8
-            assert words
-    assert sum(d.keep for d in decisions) >= 295
+    vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=6)) for _ in range(2000)]
+    texts = [" ".join(rng.sample(vocabulary, rng.randint(5, 20))) for _ in range(500)]
+    dedup_ = Deduplicator()
+    assert all(decision.keep for decision in dedup_.add_many(enumerate(texts)))
+    assert dedup_.clusters() == []
 
 
 def test_first_occurrence_wins_and_clusters_group_duplicates_in_order() -> None:
@@ -187,7 +182,11 @@ def test_add_many_equals_add_on_arbitrary_rows(word_lists: list[list[str]]) -> N
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"threshold": 0.0}, "threshold"), ({"threshold": 1.5}, "threshold"), ({"num_perm": 1}, "num_perm")],
+    [
+        ({"threshold": 0.0}, "threshold"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"num_perm": 1}, "num_perm"),
+    ],
 )
 def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -30,7 +30,6 @@ from itertools import islice
 from typing import Generic, Literal, TypeVar
 
 import numpy as np
-from datasketch import MinHash
 
 K = TypeVar("K", bound=Hashable)
 
@@ -245,7 +244,7 @@ class _BandIndex:
     def _grow(self, keys: np.ndarray, text_ids: np.ndarray) -> None:
         occupied = self._ids >= 0
         keys = np.concatenate([self._keys[occupied], keys])
-        text_ids = np.concatenate([self._ids[occupied], text_ids])
+        text_ids = np.concatenate([self._ids[occupied], text_ids.astype(np.int32)])
         self._keys, self._ids = keys[:0], self._ids[:0]  # free the old table before the new one
         while 2 * len(keys) > 1 << self._bits:
             self._bits += 1
@@ -255,9 +254,13 @@ class _BandIndex:
         """Lay out all entries at once: by home slot, each takes max(home, previous slot + 1)."""
         order = np.argsort(keys)  # homes are the top bits, so this orders them for any size
         keys, text_ids = keys[order], text_ids[order]
+        del order  # the big temporaries are freed or updated in place: this runs at peak memory
         steps = np.arange(len(keys))
         while True:
-            slots = np.maximum.accumulate(self._home(keys) - steps) + steps
+            slots = self._home(keys)
+            slots -= steps
+            np.maximum.accumulate(slots, out=slots)
+            slots += steps
             size = (1 << self._bits) + _PROBE_TAIL
             if len(slots) == 0 or slots[-1] < size - 1:
                 break
@@ -298,6 +301,9 @@ class Deduplicator(Generic[K]):
             raise ValueError(f"dedup num_perm must be >= 2, got {num_perm!r}")
         self.threshold = threshold
         self.num_perm = num_perm
+        # Imported here: datasketch pulls in scipy (~1 s), and only this constructor needs it.
+        from datasketch import MinHash
+
         self._permutations = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self._bands, self._rows_per_band = lsh_bands(threshold, num_perm)
         # A random odd multiplier per (band, position) gives each band its own hash, so all
@@ -350,8 +356,9 @@ class Deduplicator(Generic[K]):
             digest = text_digest(normalized)
             text_id = self._by_digest.get(digest)
             if text_id is None:
-                self._by_digest[digest] = len(self._keys)
-                self._head.append(len(self._keys))
+                text_id = len(self._keys)  # one int object, shared by the dict and the list
+                self._by_digest[digest] = text_id
+                self._head.append(text_id)
                 self._keys.append(key)
                 new_rows.append(row)
                 new_texts.append(normalized)

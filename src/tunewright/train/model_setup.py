@@ -42,18 +42,28 @@ def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: s
         # frozen weights never update, so bf16 storage loses nothing and skips autocast's casts
         model.to(torch.bfloat16)
     num_layers = model.config.num_hidden_layers
-    top = cfg.lora_layers or num_layers
+    top = min(cfg.lora_layers or num_layers, num_layers)
+    targets = cfg.lora_target_modules
+    if targets == "all-linear" and cfg.lora_layers:
+        targets = _linear_module_names(model)  # peft takes layers_to_transform with a list only
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules,
+        target_modules=targets,
         use_dora=cfg.use_dora,
         layers_to_transform=list(range(num_layers - top, num_layers)) if cfg.lora_layers else None,
         task_type="CAUSAL_LM",
     )
     # adapters stay fp32 (autocast_adapter_dtype) so small updates are not lost to bf16 rounding
     return get_peft_model(model, lora, autocast_adapter_dtype=True)
+
+
+def _linear_module_names(model: PreTrainedModel) -> list[str]:
+    """Leaf names of every nn.Linear except the output head (what peft's 'all-linear' means)."""
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, nn.Linear) and module is not head})
 
 
 def causal_lm_of(model: nn.Module) -> PreTrainedModel:
