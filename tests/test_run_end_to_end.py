@@ -53,7 +53,8 @@ def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir):
     run = tmp_path / "runs" / "tiny"
     expected = {
         "config.yaml", "training.json", "metrics.jsonl", "report.md",
-        "data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/quarantine.jsonl", "data/summary.json",
+        "data/train.parquet", "data/val.parquet", "data/test.parquet", "data/quarantine.jsonl", "data/summary.json",
+        "data/duplicates.jsonl", "data/manifest.json", "data/card.md", "data/length_histogram.png",
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
         "eval/results.json", "eval/examples.jsonl",
     }

@@ -66,17 +66,30 @@ def prepare(recipe: Recipe, overrides: Overrides = None, strict: Strict = False,
 
 
 @app.command()
-def train(recipe: Recipe, overrides: Overrides = None, strict: Strict = False, print_config: PrintConfig = False):
+def train(
+    recipe: Recipe,
+    overrides: Overrides = None,
+    strict: Strict = False,
+    print_config: PrintConfig = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Run a few steps; report speed, memory, ETA.")] = False,
+    dry_run_steps: Annotated[int, typer.Option(help="Timed steps of a dry run (after one warm-up step).")] = 3,
+):
     """Fine-tune on the prepared data (prepares it first if needed)."""
-    from tunewright.data.prepare import load_prepared, prepare as prepare_data
+    from tunewright.pipeline import load_or_prepare
     from tunewright.train.loop import train as train_model
 
     def go():
-        cfg = _config(recipe, overrides, print_config)
-        folder = cfg.run_dir / "data"
-        dataset = load_prepared(folder) if (folder / "summary.json").is_file() else prepare_data(cfg, strict=strict, console=console)
-        result = train_model(cfg, dataset, console=console)
-        console.print(f"saved {result.output_dir} ({result.steps} steps, {result.tokens_per_second:.0f} tokens/s)")
+        cfg = _config(recipe, [*(overrides or []), *(["train.resume=true"] if resume else [])], print_config)
+        dataset = load_or_prepare(cfg, strict=strict, console=console)
+        result = train_model(cfg, dataset, console=console, dry_run_steps=dry_run_steps if dry_run else None)
+        if dry_run:
+            console.print(
+                f"fit check: {result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:,.0f} MB, "
+                f"{result.planned_steps} steps planned, estimated {result.eta_seconds / 60:.1f} min for the whole run"
+            )
+        else:
+            console.print(f"saved {result.output_dir} ({result.steps} steps, {result.tokens_per_second:.0f} tokens/s)")
 
     _guard(go)
 
@@ -114,11 +127,107 @@ def run(recipe: Recipe, overrides: Overrides = None, strict: Strict = False, pri
     _guard(go)
 
 
+data_app = typer.Typer(help="Look at prepared data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    recipe: Recipe,
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option(help="Split to show: train, val or test.")] = "train",
+    show: Annotated[int, typer.Option("--show", "-n", help="How many examples to print.")] = 3,
+    print_config: PrintConfig = False,
+):
+    """Print tokenised samples with the untrained tokens dimmed; check that EOS is trained."""
+    from tunewright.data.inspect import inspect_examples
+    from tunewright.data.prepare import load_prepared, prepare as prepare_data
+    from tunewright.data.tokenize import ChatTokenizer
+    from tunewright.models import load_tokenizer
+
+    def go():
+        cfg = _config(recipe, overrides, print_config)
+        if split not in ("train", "val", "test"):
+            raise TunewrightError(f"--split must be train, val or test, got {split!r}")
+        folder = cfg.run_dir / "data"
+        dataset = load_prepared(folder) if (folder / "summary.json").is_file() else prepare_data(cfg, console=err_console)
+        tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+        chat = ChatTokenizer(tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
+        report = inspect_examples(chat, dataset.split(split), console, show=show)
+        if not report.eos_ok and report.checked:
+            raise typer.Exit(1)
+
+    _guard(go)
+
+
 @app.command()
 def schema():
     """Print the JSON schema of a recipe (every key, its type, default and description)."""
     console.print_json(json.dumps(RunConfig.model_json_schema()))
 
+
+
+RunDir = Annotated[Path, typer.Argument(help="Run folder, e.g. runs/customer-support.")]
+
+
+@app.command()
+def export(
+    run_dir: RunDir,
+    formats: Annotated[list[str] | None, typer.Option("--format", "-f", help="adapter, merged or gguf (repeat for several).")] = None,
+    quants: Annotated[list[str] | None, typer.Option("--quant", "-q", help="GGUF type: f16, bf16 or q8_0 (repeat for several).")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where to write (default: <run>/export).")] = None,
+    parity_prompts: Annotated[int, typer.Option(help="Test prompts compared after each export (0: all).")] = 100,
+):
+    """Export a tuned run (adapter, merged HF folder, GGUF + Ollama Modelfile), each parity-checked."""
+    from tunewright.export.runner import export as export_run
+
+    def go():
+        results = export_run(run_dir, formats or ["merged"], quants=quants or ["q8_0"], output_dir=output_dir,
+                             parity_prompts=parity_prompts or None, console=console)
+        for result in results:
+            console.print(f"{result.artifact}: {result.folder}", highlight=False)
+
+    _guard(go)
+
+
+@app.command()
+def serve(
+    sources: Annotated[list[str], typer.Argument(help="A model (smollm2-135m, a folder, a .gguf) and/or run folders; each LoRA run is served under its run name.")],
+    adapters: Annotated[list[str] | None, typer.Option("--adapter", help="Extra adapter folder as NAME=PATH (repeatable).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="TUNEWRIGHT_API_KEY", help="Require 'Authorization: Bearer KEY' (env TUNEWRIGHT_API_KEY).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+    max_batch_size: Annotated[int, typer.Option(help="Most sequences decoded together.")] = 16,
+    timeout: Annotated[float, typer.Option(help="Seconds before an unanswered request fails.")] = 300.0,
+):
+    """Serve models and tuned runs over an OpenAI-compatible HTTP API."""
+    from tunewright.serve.server import serve as run_server
+    from tunewright.serve.settings import ServeSettings
+
+    def go():
+        pairs = [a.partition("=") for a in adapters or []]
+        if any(not sep or not name for name, sep, _ in pairs):
+            raise TunewrightError("--adapter takes NAME=PATH")
+        settings = ServeSettings(host=host, port=port, api_key=api_key or None, max_tokens=max_tokens,
+                                 max_batch_size=max_batch_size, request_timeout_s=timeout)
+        run_server(sources, settings, adapters={name: path for name, _, path in pairs}, console=console)
+
+    _guard(go)
+
+
+@app.command()
+def chat(
+    source: Annotated[str, typer.Argument(help="A model (smollm2-135m, a folder) or a run folder.")],
+    system: Annotated[str | None, typer.Option(help="System prompt (default: the run's).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 512,
+    temperature: Annotated[float, typer.Option(help="0 answers greedily.")] = 0.7,
+):
+    """Chat with a model or a tuned run in the terminal, answers streamed."""
+    from tunewright.serve.chat import chat as run_chat
+
+    _guard(lambda: run_chat(source, system_prompt=system, max_tokens=max_tokens, temperature=temperature,
+                            console=console))
 
 def main() -> None:  # pragma: no cover - console-script entry point
     app()

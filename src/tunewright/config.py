@@ -11,13 +11,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tunewright.errors import ConfigError
 
 InputFormat = Literal[
     "auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text", "text_label"
 ]
+CleanStep = Literal["unicode", "control", "whitespace", "html"]
+PiiType = Literal["EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE"]
 
 
 class _Strict(BaseModel):
@@ -64,6 +74,48 @@ class DataConfig(_Strict):
     )
     max_seq_len: int = Field(512, ge=8, description="Longest tokenised example, in tokens.")
     seed: int = Field(0, description="Seed for sampling and splitting.")
+    clean: list[CleanStep] = Field(
+        default_factory=lambda: ["unicode", "control", "whitespace"],
+        description="Cleaning steps: unicode (NFC), control (characters), whitespace, html (tags, entities).",
+    )
+    pii_redact: list[PiiType] = Field(
+        default_factory=list, description="PII types replaced by [TYPE] placeholders, e.g. [EMAIL, PHONE]; empty: off."
+    )
+    pii_patterns: dict[str, str] = Field(
+        default_factory=dict, description="Extra PII regexes by placeholder name, e.g. {MRN: 'MRN[:# ]*[0-9]{6,10}'}."
+    )
+    dedup: Literal["off", "report", "exact", "near"] = Field(
+        "report", description="Duplicates: report only, remove exact ones, or remove exact and near ones."
+    )
+    dedup_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Word-set Jaccard similarity from which two rows are near duplicates."
+    )
+    split: Literal["random", "stratified", "group"] = Field(
+        "random", description="How rows are split: at random, stratified by label, or by data.group_by."
+    )
+    group_by: str | None = Field(
+        None,
+        validate_default=True,
+        description="Column whose rows stay in one split (e.g. a document id); for split: group.",
+    )
+
+    @field_validator("pii_patterns")
+    @classmethod
+    def _compile_pii_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
+        from tunewright.data.pii import PiiRedactor
+
+        PiiRedactor(types=(), extra_patterns=patterns)  # raises ValueError naming the bad pattern
+        return patterns
+
+    @field_validator("group_by")
+    @classmethod
+    def _check_group_split(cls, group_by: str | None, info: ValidationInfo) -> str | None:
+        split = info.data.get("split")
+        if split == "group" and not group_by:
+            raise ValueError("data.split is 'group': name the column that groups rows in data.group_by")
+        if group_by and split != "group":
+            raise ValueError(f"data.split is {split!r}; set data.split: group to split by data.group_by")
+        return group_by
 
 
 class TrainConfig(_Strict):
@@ -92,9 +144,20 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="'auto' uses bf16 where the hardware runs it fast (AMX CPUs, CUDA)."
     )
+    packing: bool = Field(
+        False, description="Pack several examples per row (attention kept per example); batch_size then counts rows."
+    )
     eval_every_steps: int | None = Field(
         None, ge=1, description="Validation loss every N steps (default: at the end only)."
     )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validations without a better val loss; keep the best."
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Write a resumable checkpoint every N optimiser steps."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept (the best is kept as well).")
+    resume: bool = Field(False, description="Continue from the newest complete checkpoint in the run folder.")
     log_every_steps: int = Field(5, ge=1, description="Write a metrics.jsonl row every N steps.")
     seed: int = Field(0, description="Seed for initialisation, dropout and data order.")
 
@@ -104,6 +167,9 @@ class EvalConfig(_Strict):
         "auto", description="'classification' when every answer is one of a few labels."
     )
     max_new_tokens: int = Field(32, ge=1, description="Generation limit per answer.")
+    label_decoding: Literal["free", "constrained"] = Field(
+        "free", description="Classification: 'constrained' lets models generate only label names."
+    )
     batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
     models: list[Literal["base", "tuned"]] = Field(
         default_factory=lambda: ["base", "tuned"], description="Which models to evaluate."
@@ -125,6 +191,12 @@ class RunConfig(_Strict):
     def _check_data(self) -> RunConfig:
         if self.data.test_files == [] and self.data.test_fraction == 0:
             raise ValueError("data.test_fraction is 0 and data.test_files is empty: nothing to test on")
+        return self
+
+    @model_validator(mode="after")
+    def _check_train(self) -> RunConfig:
+        if self.train.early_stopping_patience and not self.train.eval_every_steps:
+            raise ValueError("train.early_stopping_patience needs train.eval_every_steps (how often to validate)")
         return self
 
     @property

@@ -10,10 +10,27 @@ from pathlib import Path
 from rich.console import Console
 
 from tunewright.config import RunConfig, save_config
-from tunewright.data.prepare import prepare
+from tunewright.data.prepare import PreparedDataset, load_prepared, prepare
 from tunewright.evaluate.report import summary_table, verdict, write_markdown
 from tunewright.evaluate.runner import EvalResult, evaluate
 from tunewright.train.loop import TrainResult, train
+
+
+def load_or_prepare(cfg: RunConfig, *, strict: bool = False, console: Console | None = None) -> PreparedDataset:
+    """The run's prepared data, preparing it first if needed.
+
+    Under `accelerate launch`/`torchrun` the main process prepares while the others wait, then
+    they read what it wrote: every rank trains on the same splits, and no two write one file.
+    """
+    from accelerate import PartialState
+
+    from tunewright.train.model_setup import cpu_only
+
+    with PartialState(cpu=cpu_only()).main_process_first():
+        folder = cfg.run_dir / "data"
+        if (folder / "summary.json").is_file():
+            return load_prepared(folder)
+        return prepare(cfg, strict=strict, console=console)
 
 
 @dataclass

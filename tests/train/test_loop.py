@@ -17,6 +17,7 @@ QUIET = Console(quiet=True)
 
 
 def config(tmp_path, model_dir, *overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         f"name: t\noutput_dir: {tmp_path / 'runs'}\nmodel: {{name: {model_dir}}}\n"
@@ -75,3 +76,47 @@ def test_lora_on_top_layers_only(tmp_path, tiny_model_dir, lora_layers):
     out = train(cfg, prepare(cfg, console=QUIET), console=QUIET).output_dir
     names = load_file(out / "adapter_model.safetensors").keys()
     assert names and all(".layers.1." in n for n in names), sorted(names)[:4]
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
+    from tunewright.errors import TrainingDivergedError
+    from tunewright.train.checkpoint import latest_checkpoint
+
+    # an absurd learning rate overflows the weights after the first update
+    cfg = config(tmp_path, tiny_model_dir, "train.method=full", "train.lr=1e30", "train.max_grad_norm=null",
+                 "train.lr_warmup_steps=0", "train.lr_schedule=constant", "train.checkpoint_every_steps=1")
+    with pytest.raises(TrainingDivergedError, match=r"step (\d+): loss=.* is not finite") as err:
+        train(cfg, prepare(cfg, console=QUIET), console=QUIET)
+    failed_step = int(err.value.args[0].split(":")[0].split()[1])
+    last = latest_checkpoint(cfg.run_dir / "checkpoints")
+    assert last is not None and last.name == f"step-{failed_step - 1:08d}"
+    saved = load_file(last / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in saved.values()), "a checkpoint with non-finite weights"
+    assert not (cfg.run_dir / "model").exists()
+
+
+def test_early_stopping_keeps_the_best_and_stops(tmp_path, tiny_model_dir):
+    # lr so small that fp32 updates vanish: val loss never improves after the first validation
+    cfg = config(tmp_path, tiny_model_dir, "train.lr=1e-12", "train.eval_every_steps=1",
+                 "train.early_stopping_patience=2", "train.max_steps=20")
+    result = train(cfg, prepare(cfg, console=QUIET), console=QUIET)
+    assert result.stopped_early and result.steps == 3
+
+
+def test_packed_training_learns(tmp_path, tiny_model_dir):
+    cfg = config(tmp_path, tiny_model_dir, "train.packing=true", "train.batch_size=2")
+    result = train(cfg, prepare(cfg, console=QUIET), console=QUIET)
+    import json
+
+    losses = [json.loads(x)["train_loss"] for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+              if "train_loss" in x]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert result.output_dir is not None
+
+
+def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_model_dir):
+    cfg = config(tmp_path, tiny_model_dir)
+    result = train(cfg, prepare(cfg, console=QUIET), console=QUIET, dry_run_steps=2)
+    assert result.output_dir is None and not (cfg.run_dir / "adapter").exists()
+    assert result.tokens_per_second > 0 and result.peak_memory_mb > 0
+    assert result.planned_steps > 3 and result.eta_seconds > 0

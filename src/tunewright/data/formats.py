@@ -2,7 +2,7 @@
 
 Each normaliser takes a row (already renamed through `data.columns`) and returns an `Example`
 or raises `RowError` naming the field and the reason; preparation turns that into a
-quarantine entry with the row's `file:line`.
+quarantine entry with the row's `file:line`. Unknown extra columns are ignored.
 """
 
 from __future__ import annotations
@@ -10,66 +10,96 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tunewright.data.example import ROLES, Example, Message
+from tunewright.data.quarantine import RowError
+
+# The role strings of the canonical example: one shared object each, not one per parsed row.
+_ROLE = {role: role for role in ROLES}
 
 
-class RowError(ValueError):
-    """A row that does not fit its format; the message names the field."""
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _missing(name: str) -> RowError:
+    return RowError(f"field '{name}': missing", "missing field", field=name)
 
 
 def _text_field(row: dict, name: str, *, required: bool = True) -> str | None:
     value = row.get(name)
     if value is None:
         if required:
-            raise RowError(f"field '{name}': missing")
+            raise _missing(name)
         return None
     if not isinstance(value, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)  # CSV/Parquet labels are often numbers
         else:
-            raise RowError(f"field '{name}': expected text, got {type(value).__name__}")
-    if not value.strip() and required:
-        raise RowError(f"field '{name}': empty")
+            raise RowError(f"field '{name}': expected text, got {_type_name(value)}", "wrong type")
+    if required and not value.strip():
+        raise RowError(f"field '{name}': empty", "empty content")
     return value
 
 
-def _check_turns(messages: list[Message], field: str) -> tuple[Message, ...]:
+def _blank(text: str) -> bool:
+    return not text or text.isspace()  # no stripped copy: this runs for every message
+
+
+def check_turns(messages: list[Message] | tuple[Message, ...], field: str) -> tuple[Message, ...]:
+    """Check a conversation's shape: non-empty turns, system first, user/assistant alternating
+    from a user turn, and at least one assistant turn to learn from."""
     if not messages:
-        raise RowError(f"field '{field}': no messages")
+        raise RowError(f"field '{field}': no messages", "empty content")
+    previous = None  # role of the previous non-system turn
     for i, m in enumerate(messages):
-        if m.role == "system" and i != 0:
-            raise RowError(f"field '{field}[{i}].role': 'system' is only allowed first")
-        if not m.content.strip():
-            raise RowError(f"field '{field}[{i}].content': empty")
+        if _blank(m.content):
+            raise RowError(f"field '{field}[{i}].content': empty", "empty content")
+        if m.role == "system":
+            if i != 0:
+                raise RowError(f"field '{field}[{i}].role': 'system' is only allowed first", "roles out of order")
+            continue
+        if previous is None and m.role != "user":
+            raise RowError(
+                f"field '{field}': the first non-system turn must be 'user', got '{m.role}'", "roles out of order"
+            )
+        if m.role == previous:
+            raise RowError(
+                f"field '{field}': two '{m.role}' turns in a row (roles must alternate)", "roles out of order"
+            )
+        previous = m.role
     if not any(m.role == "assistant" for m in messages):
-        raise RowError(f"field '{field}': no assistant turn to learn from")
-    turns = [m for m in messages if m.role != "system"]
-    if turns and turns[0].role != "user":
-        raise RowError(f"field '{field}': the first non-system turn must be 'user', got '{turns[0].role}'")
-    for prev, cur in zip(turns, turns[1:]):
-        if prev.role == cur.role:
-            raise RowError(f"field '{field}': two '{cur.role}' turns in a row (roles must alternate)")
+        raise RowError(f"field '{field}': no assistant turn to learn from", "no assistant turn")
     return tuple(messages)
 
 
 def _messages(row: dict) -> Example:
     raw = row.get("messages")
+    if raw is None:
+        raise _missing("messages")
     if not isinstance(raw, list):
-        raise RowError(f"field 'messages': expected a list, got {type(raw).__name__}")
+        raise RowError(f"field 'messages': expected a list, got {_type_name(raw)}", "wrong type")
     out = []
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
-            raise RowError(f"field 'messages[{i}]': expected an object, got {type(m).__name__}")
-        role = m.get("role")
-        if role not in ROLES:
-            raise RowError(f"field 'messages[{i}].role': unknown role {role!r} (expected one of {', '.join(ROLES)})")
+            raise RowError(f"field 'messages[{i}]': expected an object, got {_type_name(m)}", "wrong type")
+        try:
+            role = _ROLE[m["role"]]
+        except (KeyError, TypeError):  # missing, unknown, or unhashable (a list)
+            raise RowError(
+                f"field 'messages[{i}].role': unknown role {m.get('role')!r} (expected one of {', '.join(ROLES)})",
+                "unknown role",
+            ) from None
         content = m.get("content")
         if not isinstance(content, str):
-            raise RowError(f"field 'messages[{i}].content': expected text, got {type(content).__name__}")
+            raise RowError(
+                f"field 'messages[{i}].content': expected text, got {_type_name(content)}", "wrong type"
+            )
         weight = m.get("weight")
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0):
-            raise RowError(f"field 'messages[{i}].weight': expected a number >= 0, got {weight!r}")
-        out.append(Message(role, content, None if weight is None else float(weight)))
-    return Example(messages=_check_turns(out, "messages"))
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise RowError(f"field 'messages[{i}].weight': expected a number >= 0, got {weight!r}", "wrong type")
+            weight = float(weight)
+        out.append(Message(role, content, weight))
+    return Example(messages=check_turns(out, "messages"))
 
 
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -77,20 +107,27 @@ _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "
 
 def _sharegpt(row: dict) -> Example:
     raw = row.get("conversations")
+    if raw is None:
+        raise _missing("conversations")
     if not isinstance(raw, list):
-        raise RowError(f"field 'conversations': expected a list, got {type(raw).__name__}")
+        raise RowError(f"field 'conversations': expected a list, got {_type_name(raw)}", "wrong type")
     out = []
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
-            raise RowError(f"field 'conversations[{i}]': expected an object")
+            raise RowError(f"field 'conversations[{i}]': expected an object, got {_type_name(m)}", "wrong type")
         speaker = m.get("from")
-        if speaker not in _SHAREGPT_ROLES:
-            raise RowError(f"field 'conversations[{i}].from': unknown speaker {speaker!r} (expected human, gpt or system)")
+        if not isinstance(speaker, str) or speaker not in _SHAREGPT_ROLES:
+            raise RowError(
+                f"field 'conversations[{i}].from': unknown speaker {speaker!r} (expected human, gpt or system)",
+                "unknown role",
+            )
         value = m.get("value")
         if not isinstance(value, str):
-            raise RowError(f"field 'conversations[{i}].value': expected text, got {type(value).__name__}")
+            raise RowError(
+                f"field 'conversations[{i}].value': expected text, got {_type_name(value)}", "wrong type"
+            )
         out.append(Message(_SHAREGPT_ROLES[speaker], value))
-    return Example(messages=_check_turns(out, "conversations"))
+    return Example(messages=check_turns(out, "conversations"))
 
 
 def _prompt_completion(row: dict) -> Example:
@@ -146,13 +183,21 @@ def detect_format(keys: set[str], where: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
+        near = [
+            f"{name} needs {'+'.join(sorted(need))} but '{min(need - keys)}' is missing"
+            for name, need in _SIGNATURES
+            if need & keys and len(need - keys) == 1
+        ]
+        hint = f" ({'; '.join(near)})" if near else ""
         raise RowError(
-            f"{where}: cannot tell the format from the columns {sorted(keys)}; expected one of "
+            f"{where}: cannot tell the format from the columns {sorted(keys)}{hint}; expected one of "
             "messages | conversations | instruction+output | prompt+completion | text+label | text. "
-            "Set data.format, or map your columns with data.columns (e.g. {label: category})."
+            "Set data.format, or map your columns with data.columns (e.g. {label: category}).",
+            "unknown format",
         )
     raise RowError(
-        f"{where}: the columns {sorted(keys)} fit several formats ({', '.join(matches)}); set data.format"
+        f"{where}: the columns {sorted(keys)} fit several formats ({', '.join(matches)}); set data.format",
+        "unknown format",
     )
 
 

@@ -18,6 +18,10 @@ from tunewright.errors import DataError
 IGNORE_INDEX = -100  # labels with this value carry no loss (the torch cross-entropy convention)
 
 
+class TooLongError(DataError):
+    """An example with more tokens than `max_seq_len`; the message names its source."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenizedExample:
     input_ids: list[int]
@@ -98,7 +102,7 @@ class ChatTokenizer:
         encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         if len(ids) > self.max_seq_len:
-            raise DataError(f"{example.source}: {len(ids)} tokens, over data.max_seq_len={self.max_seq_len}")
+            raise TooLongError(f"{example.source}: {len(ids)} tokens, over data.max_seq_len={self.max_seq_len}")
         labels = [IGNORE_INDEX] * len(ids)
         weights = [0.0] * len(ids)
         for t, (start, _end) in enumerate(offsets):

@@ -30,6 +30,15 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def label_trie(sequences: list[list[int]]) -> dict[tuple[int, ...], list[int]]:
+    """Map every prefix of the allowed token sequences to the tokens that may follow it."""
+    nexts: dict[tuple[int, ...], set[int]] = {}
+    for seq in sequences:
+        for k in range(len(seq)):
+            nexts.setdefault(tuple(seq[:k]), set()).add(seq[k])
+    return {prefix: sorted(tokens) for prefix, tokens in nexts.items()}
+
+
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
@@ -40,9 +49,15 @@ def generate(
     batch_size: int,
     do_sample: bool = False,
     temperature: float = 1.0,
+    allowed_sequences: list[list[int]] | None = None,
     on_batch_done: Callable[[int], None] | None = None,
 ) -> list[Generation]:
-    """Generate an answer for each tokenised prompt; returns them in the prompts' order."""
+    """Generate an answer for each tokenised prompt; returns them in the prompts' order.
+
+    With `allowed_sequences` (token ids of each label followed by the end-of-turn token),
+    decoding is constrained to those sequences: greedy search over the label trie, so every
+    answer is a valid label.
+    """
     model.eval()
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -57,6 +72,14 @@ def generate(
             input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             attention_mask[row, width - len(prompts[i]) :] = 1
         sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+        if allowed_sequences is not None:
+            trie = label_trie(allowed_sequences)
+
+            def allowed(_row: int, ids: torch.Tensor, width: int = width) -> list[int]:
+                # finished rows are padded by generate() whatever we return
+                return trie.get(tuple(ids[width:].tolist()), stops)
+
+            sampling["prefix_allowed_tokens_fn"] = allowed
         output = model.generate(
             input_ids=input_ids.to(model.device),
             attention_mask=attention_mask.to(model.device),

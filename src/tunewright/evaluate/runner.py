@@ -19,7 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunewright.config import RunConfig
 from tunewright.data.prepare import PreparedDataset
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.data.example import Example, Message
+from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.evaluate.labels import LabelMatcher
 from tunewright.evaluate.metrics import encode_labels, exact_match, macro_f1_from_codes, rouge_l, token_f1
@@ -79,6 +80,13 @@ def _score(task: str, answers: list[Generation], refs: list[str], labels: list[s
     return rouge, None, metrics
 
 
+def label_token_ids(chat: ChatTokenizer, label: str) -> list[int]:
+    """The exact tokens a model trained on this data emits for `label`, end-of-turn included."""
+    probe = Example(messages=(Message("user", "x"), Message("assistant", label)))
+    encoded = chat.encode_example(probe)
+    return [t for t in encoded.labels if t != IGNORE_INDEX]
+
+
 def _interval(iv) -> dict[str, float]:
     return {"value": float(iv.point), "low": float(iv.low), "high": float(iv.high)}
 
@@ -116,6 +124,9 @@ def evaluate(
         loaded = _load_variant(cfg, name, trained_dir, dtype)
         chat = ChatTokenizer(loaded.tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
         prompts = [chat.encode_prompt(e.prompt_messages) for e in examples]
+        allowed = None
+        if task == "classification" and cfg.evaluate.label_decoding == "constrained":
+            allowed = [label_token_ids(chat, label) for label in dataset.labels]
         started = time.perf_counter()
         with _progress(console) as progress:
             task_id = progress.add_task(f"evaluate {name}", total=len(prompts), rate=0.0)
@@ -130,6 +141,7 @@ def evaluate(
                 prompts,
                 max_new_tokens=cfg.evaluate.max_new_tokens,
                 batch_size=cfg.evaluate.batch_size,
+                allowed_sequences=allowed,
                 on_batch_done=advance,
             )
         seconds = time.perf_counter() - started

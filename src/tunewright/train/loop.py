@@ -1,13 +1,15 @@
 """The training loop, top to bottom: setup, then for each optimiser step forward, backward,
-accumulate, clip, step; maybe evaluate; log. `accelerate` handles device, precision and
-distribution; it never owns the control flow.
+accumulate, clip, step; maybe validate; maybe checkpoint; log.
+
+`accelerate` handles device, precision and distribution (launch with `accelerate launch` or
+`torchrun` for DDP/FSDP); it never owns the control flow. LoRA vs full fine-tuning is a flag
+(which parameters train), not a second loop.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,179 +18,200 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_scheduler
 
 from tunewright.config import RunConfig
 from tunewright.data.prepare import PreparedDataset
-from tunewright.data.tokenize import ChatTokenizer, TokenizedExample
+from tunewright.data.tokenize import ChatTokenizer
 from tunewright.errors import TrainingDivergedError
 from tunewright.models import load_model
-from tunewright.train.batching import batch_schedule, collate
+from tunewright.train.batching import batch_schedule
+from tunewright.train.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from tunewright.train.metrics_log import MetricsLogger
-from tunewright.train.model_setup import ChunkedLossForward, apply_training_method, resolve_precision
+from tunewright.train.model_setup import ChunkedLossForward, apply_training_method, cpu_only, resolve_precision
+from tunewright.train.steps import MicroBatches, evaluate_loss, progress_bar, save_trained, trained_weight
 
 
 @dataclass
 class TrainResult:
-    output_dir: Path  # the adapter folder (LoRA) or the full model folder
-    steps: int
+    output_dir: Path | None  # the adapter folder (LoRA) or the full model folder; None for a dry run
+    steps: int  # optimiser steps taken (including those before a resume)
     train_loss: float
-    val_loss: float | None
+    val_loss: float | None  # of the weights that were saved (the best ones under early stopping)
     trained_tokens: int  # non-padding tokens that went through forward and backward
     seconds: float
     tokens_per_second: float
     precision: str
+    peak_memory_mb: float = 0.0
+    planned_steps: int = 0
+    eta_seconds: float | None = None  # dry run: estimated time for the whole run
+    stopped_early: bool = False
 
 
-def train(cfg: RunConfig, dataset: PreparedDataset, *, console: Console | None = None) -> TrainResult:
-    """Fine-tune `cfg.model` on `dataset.train`; writes the adapter/model and metrics to the run folder."""
+def train(
+    cfg: RunConfig,
+    dataset: PreparedDataset,
+    *,
+    console: Console | None = None,
+    dry_run_steps: int | None = None,
+    restore_rng: bool = True,
+) -> TrainResult:
+    """Fine-tune `cfg.model` on `dataset.train`; writes the adapter/model, checkpoints and
+    metrics to the run folder. With `dry_run_steps`, only measure speed and memory."""
     console = console or Console(stderr=True)
     tc = cfg.train
     run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(tc.seed)
     precision = resolve_precision(tc.precision)
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=cpu_only())
+    main = accelerator.is_main_process
+    world = accelerator.num_processes
 
     # --- setup: model, data, optimiser ---------------------------------------------------
     loaded = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     chat = ChatTokenizer(loaded.tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
-    train_examples = [chat.encode_example(e) for e in dataset.train]
-    val_examples = [chat.encode_example(e) for e in dataset.val]
     pad_id = loaded.tokenizer.pad_token_id
+    data = MicroBatches.build(chat, dataset.train, pad_id, packing=tc.packing, max_seq_len=cfg.data.max_seq_len)
+    val_examples = [chat.encode_example(e) for e in dataset.val]
 
     model = apply_training_method(loaded.model, tc, precision)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     forward = ChunkedLossForward(model)
 
-    schedule = batch_schedule([len(e.input_ids) for e in train_examples], tc.batch_size, tc.epochs, tc.seed)
-    total_steps = math.ceil(len(schedule) / tc.grad_accum_steps)
+    # every rank computes the same schedule from the seed; rank r takes its share of each step
+    schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed)
+    per_step = tc.grad_accum_steps * world
+    total_steps = math.ceil(len(schedule) / per_step)
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
-    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(
-        tc.lr_schedule if tc.lr_schedule != "constant" else "constant_with_warmup",
+        "constant_with_warmup" if tc.lr_schedule == "constant" else tc.lr_schedule,
         optimizer,
         num_warmup_steps=min(tc.lr_warmup_steps, total_steps // 2),
         num_training_steps=total_steps,
     )
-    forward, optimizer, scheduler = accelerator.prepare(forward, optimizer, scheduler)
-    logger = MetricsLogger(run_dir, cfg.name, cfg.model_dump(mode="json"))
-    console.print(
-        f"training {cfg.model.name} ({tc.method}, {precision}): {sum(p.numel() for p in trainable):,} "
-        f"trainable parameters, {len(train_examples)} examples, {total_steps} steps"
-    )
+    # the scheduler stays outside accelerate: it would step once per process, but our step
+    # count is already global
+    forward, optimizer = accelerator.prepare(forward, optimizer)
+
+    # --- resume: weights, optimiser, scheduler, RNG and data position ----------------------
+    checkpoints = run_dir / "checkpoints"
+    start_step, trained_tokens, best_val, evals_without_gain = 0, 0, math.inf, 0
+    if tc.resume and (latest := latest_checkpoint(checkpoints)) is not None:
+        state = load_checkpoint(latest, model, optimizer, scheduler, restore_rng=restore_rng)
+        start_step, trained_tokens = state.step, state.data_state["trained_tokens"]
+        best_val = state.metrics.get("best_val_loss", math.inf)
+        evals_without_gain = state.data_state.get("evals_without_gain", 0)
+        console.print(f"resumed from {latest.name} (step {start_step} of {total_steps})")
+    if dry_run_steps is not None:
+        total_steps = min(total_steps, start_step + dry_run_steps + 1)  # +1: the first step warms up
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = MetricsLogger(run_dir, cfg.name, cfg.model_dump(mode="json")) if main and dry_run_steps is None else None
+    if main:
+        console.print(
+            f"training {cfg.model.name} ({tc.method}, {precision}, {world} process(es)): "
+            f"{sum(p.numel() for p in trainable.values()):,} trainable parameters, "
+            f"{len(dataset.train)} examples, {total_steps} steps"
+        )
 
     # --- the loop -------------------------------------------------------------------------
-    trained_tokens = 0
-    loss_ema = None
-    val_loss = None
-    started = time.perf_counter()
-    with _progress(console) as progress:
-        task = progress.add_task("train", total=total_steps, loss=float("nan"), tps=0.0)
-        for step in range(total_steps):
-            micro_batches = schedule[step * tc.grad_accum_steps : (step + 1) * tc.grad_accum_steps]
-            batches = [collate([train_examples[i] for i in idx], pad_id) for idx in micro_batches]
-            # normalise by the step's total trained weight, so accumulation equals one big batch
-            step_weight = sum(_trained_weight(b) for b in batches)
-            step_loss = 0.0
-            for batch in batches:
+    val_loss, loss_ema, best_state, stopped_early = None, None, None, False
+    done, elapsed, tokens_per_second = start_step, 0.0, 0.0
+    started, timed_from, tokens_at_timing = time.perf_counter(), None, trained_tokens
+    with progress_bar(console, disable=not main) as progress:
+        task = progress.add_task("train", total=total_steps, completed=start_step, loss=math.nan, lr=0.0, tps=0.0)
+        for step in range(start_step, total_steps):
+            step_batches = schedule[step * per_step : (step + 1) * per_step]
+            # normalise by the whole step's trained weight (all ranks, all micro-batches), so
+            # accumulation and data parallelism both equal one big batch
+            step_weight = sum(data.weight(idx) for idx in step_batches)
+            mine = step_batches[accelerator.process_index :: world]
+            step_loss = torch.zeros(())
+            for indices in mine:
+                batch = data.collate(indices)
                 with accelerator.autocast():
                     nll_sum, _ = forward(**batch)
-                accelerator.backward(nll_sum / step_weight)
-                step_loss += nll_sum.item() / step_weight
-                trained_tokens += int(batch["attention_mask"].sum())
-            grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
-            if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
-                # stop before optimizer.step(): the weights (and any checkpoint) stay finite
+                # DDP averages gradients over ranks; scale so the result is the global sum
+                accelerator.backward(nll_sum * world / step_weight)
+                step_loss += nll_sum.detach().float() / step_weight
+                trained_tokens += data.tokens(indices) * world
+            step_loss = float(accelerator.reduce(step_loss, reduction="sum"))
+            grad_norm = float(accelerator.clip_grad_norm_(list(trainable.values()), tc.max_grad_norm or math.inf))
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                # raised before optimizer.step(): weights and checkpoints stay finite
                 raise TrainingDivergedError(
-                    f"step {step + 1}: loss={step_loss} grad_norm={float(grad_norm)} is not finite; "
-                    "lower train.lr or check the data. Nothing non-finite was saved."
+                    f"step {step + 1}: loss={step_loss} grad_norm={grad_norm} is not finite; lower train.lr "
+                    f"or check the data. The last checkpoint (if any) in {checkpoints} is intact."
                 )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            elapsed = time.perf_counter() - started
+            if timed_from is None:  # time from the end of the first step: it pays one-off costs
+                timed_from, tokens_at_timing = time.perf_counter(), trained_tokens
+            elapsed = time.perf_counter() - timed_from
+            tokens_per_second = (trained_tokens - tokens_at_timing) / elapsed if elapsed > 0 else 0.0
             loss_ema = step_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * step_loss
-            progress.update(task, advance=1, loss=loss_ema, tps=trained_tokens / elapsed)
-            if (step + 1) % tc.log_every_steps == 0 or step + 1 == total_steps:
-                logger.log(
-                    step + 1,
-                    train_loss=step_loss,
-                    lr=scheduler.get_last_lr()[0],
-                    grad_norm=float(grad_norm),
-                    tokens_per_second=trained_tokens / elapsed,
-                )
-            if tc.eval_every_steps and (step + 1) % tc.eval_every_steps == 0 and val_examples:
+            lr = scheduler.get_last_lr()[0]
+            progress.update(task, advance=1, loss=loss_ema, lr=lr, tps=tokens_per_second)
+            done = step + 1
+            if logger and (done % tc.log_every_steps == 0 or done == total_steps):
+                logger.log(done, train_loss=step_loss, lr=lr, grad_norm=grad_norm, tokens_per_second=tokens_per_second)
+
+            if dry_run_steps is None and tc.eval_every_steps and done % tc.eval_every_steps == 0 and val_examples:
                 val_loss = evaluate_loss(forward, val_examples, tc.batch_size, pad_id, accelerator)
-                logger.log(step + 1, val_loss=val_loss)
-                forward.train()
+                if logger:
+                    logger.log(done, val_loss=val_loss)
+                if val_loss < best_val:
+                    best_val, evals_without_gain = val_loss, 0
+                    best_state = {k: v.detach().clone() for k, v in trainable.items()}
+                else:
+                    evals_without_gain += 1
+                stopped_early = bool(tc.early_stopping_patience and evals_without_gain >= tc.early_stopping_patience)
+            if dry_run_steps is None and tc.checkpoint_every_steps and (done % tc.checkpoint_every_steps == 0 or stopped_early):
+                if main:
+                    save_checkpoint(
+                        checkpoints, step=done, model_state=trainable, optimizer=optimizer, scheduler=scheduler,
+                        rng=capture_rng_state(),
+                        data_state={"trained_tokens": trained_tokens, "evals_without_gain": evals_without_gain},
+                        metrics={"val_loss": val_loss, "best_val_loss": best_val},
+                        keep_last=tc.keep_checkpoints, best_metric_key="val_loss" if tc.eval_every_steps else None,
+                    )
+                accelerator.wait_for_everyone()
+            if stopped_early:
+                console.print(f"early stopping at step {done}: no better val loss in {evals_without_gain} validations")
+                break
 
     seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    steps_done = done
+    result = TrainResult(
+        output_dir=None, steps=steps_done, train_loss=loss_ema if loss_ema is not None else math.nan,
+        val_loss=None, trained_tokens=trained_tokens, seconds=seconds,
+        tokens_per_second=tokens_per_second, precision=precision,
+        peak_memory_mb=peak_mb, planned_steps=total_steps, stopped_early=stopped_early,
+    )
+    if dry_run_steps is not None:
+        planned = math.ceil(len(schedule) / per_step) if tc.max_steps is None else min(tc.max_steps, math.ceil(len(schedule) / per_step))
+        per_step_seconds = elapsed / max(steps_done - start_step - 1, 1)
+        result.planned_steps, result.eta_seconds = planned, per_step_seconds * planned
+        return result
+
+    if best_state is not None and best_val < (val_loss if val_loss is not None else math.inf):
+        with torch.no_grad():  # keep the best weights seen, not the last ones
+            for name, value in best_state.items():
+                trainable[name].copy_(value)
     if val_examples:
-        val_loss = evaluate_loss(forward, val_examples, tc.batch_size, pad_id, accelerator)
-        logger.log(total_steps, val_loss=val_loss)
-    logger.close()
-    output_dir = _save_trained(accelerator.unwrap_model(forward).model, loaded.tokenizer, run_dir, tc.method)
-    return TrainResult(
-        output_dir=output_dir,
-        steps=total_steps,
-        train_loss=loss_ema if loss_ema is not None else float("nan"),
-        val_loss=val_loss,
-        trained_tokens=trained_tokens,
-        seconds=seconds,
-        tokens_per_second=trained_tokens / seconds if seconds > 0 else 0.0,
-        precision=precision,
-    )
-
-
-@torch.no_grad()
-def evaluate_loss(forward, examples: list[TokenizedExample], batch_size: int, pad_id: int, accelerator) -> float:
-    """Mean per-token loss over `examples` (teacher forcing)."""
-    forward.eval()
-    total, weight = 0.0, 0.0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
-        with accelerator.autocast():
-            nll_sum, w = forward(**batch)
-        total += float(nll_sum)
-        weight += float(w)
-    return total / max(weight, 1e-9)
-
-
-def _trained_weight(batch: dict[str, torch.Tensor]) -> float:
-    if "loss_weights" in batch:
-        return float(batch["loss_weights"][:, 1:].sum())
-    return float((batch["labels"][:, 1:] != -100).sum())
-
-
-def _save_trained(model, tokenizer, run_dir: Path, method: str) -> Path:
-    """Save the adapter (LoRA) or the whole model as safetensors, atomically."""
-    target = run_dir / ("adapter" if method == "lora" else "model")
-    tmp = run_dir / f".tmp-{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[tps]:.0f} tok/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+        result.val_loss = evaluate_loss(forward, val_examples, tc.batch_size, pad_id, accelerator)
+        if logger:
+            logger.log(steps_done, val_loss=result.val_loss)
+    if logger:
+        logger.close()
+    if main:
+        result.output_dir = save_trained(accelerator.unwrap_model(forward).model, loaded.tokenizer, run_dir, tc.method)
+    accelerator.wait_for_everyone()
+    return result

@@ -23,6 +23,15 @@ def fast_bf16_available() -> bool:
     return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
 
 
+def cpu_only() -> bool:
+    """No accelerator: tells accelerate to run (and, under torchrun, all-reduce with gloo) on CPU.
+
+    accelerate only treats a torchrun launch as multi-process on CPU when asked for the CPU
+    explicitly; otherwise every rank would silently train alone.
+    """
+    return not torch.accelerator.is_available()
+
+
 def resolve_precision(setting: str) -> str:
     """'bf16' or 'fp32' for a config value of 'auto', 'bf16' or 'fp32'."""
     if setting == "auto":

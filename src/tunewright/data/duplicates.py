@@ -1,0 +1,79 @@
+"""The deduplication stage: find exact and near-duplicate examples, remove them if asked, and
+check finished splits for leakage.
+
+Examples are compared on their text: the raw text, or every message's content in order (roles
+and labels aside). Held-out test rows are fed to the `Deduplicator` first, so when a training
+row repeats a test row, the training row is the one removed, never the test row.
+
+`data.dedup`: `report` finds clusters and removes nothing; `exact` removes exact duplicates
+(same text after normalising case, spacing and edge punctuation); `near` also removes rows
+whose word-set Jaccard similarity to a kept row is at least `data.dedup_threshold`.
+
+Leakage is read off the same clusters: a validation or test example is leaked when its cluster
+also has a training example. No second pass over the data is needed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tunewright.data.dedup import Deduplicator
+from tunewright.data.example import Example
+
+DedupMode = Literal["off", "report", "exact", "near"]
+
+
+def dedup_text(example: Example) -> str:
+    """The text two examples are compared on."""
+    if example.text is not None:
+        return example.text
+    return "\n".join(m.content for m in example.messages)
+
+
+@dataclass
+class DedupResult:
+    removed: set[int] = field(default_factory=set)  # example ids that leave the data
+    found: Counter = field(default_factory=Counter)  # "exact"/"near" -> rows found
+    clusters: list[list[int]] = field(default_factory=list)  # kept id first, then duplicates
+    jaccard: dict[int, float] = field(default_factory=dict)  # duplicate id -> similarity
+
+
+def find_duplicates(examples: list[Example], mode: DedupMode, threshold: float) -> DedupResult:
+    """Deduplicate `examples` in order (ids are list positions); the first occurrence wins."""
+    result = DedupResult()
+    if mode == "off" or not examples:
+        return result
+    deduplicator: Deduplicator[int] = Deduplicator(threshold=threshold)
+    rows: Iterator[tuple[int, str]] = ((i, dedup_text(e)) for i, e in enumerate(examples))
+    for i, decision in enumerate(deduplicator.add_many(rows)):
+        if decision.keep:
+            continue
+        result.found[decision.kind] += 1
+        result.jaccard[i] = decision.jaccard
+        if mode == "near" or (mode == "exact" and decision.kind == "exact"):
+            result.removed.add(i)
+    result.clusters = deduplicator.clusters()
+    return result
+
+
+@dataclass(frozen=True)
+class Leak:
+    split: str  # "val" or "test"
+    example: int  # id of the held-out example
+    train_example: int  # id of a training example in its duplicate cluster
+
+
+def find_leaks(clusters: list[list[int]], split_of: dict[int, str]) -> list[Leak]:
+    """Validation/test examples that share a duplicate cluster with a training example."""
+    leaks = []
+    for cluster in clusters:
+        in_train = [i for i in cluster if split_of.get(i) == "train"]
+        if not in_train:
+            continue
+        for i in cluster:
+            if split_of.get(i) in ("val", "test"):
+                leaks.append(Leak(split_of[i], i, in_train[0]))
+    return leaks

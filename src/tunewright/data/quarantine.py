@@ -1,0 +1,48 @@
+"""Rows that cannot be used: why, and where they came from.
+
+Every problem a row can have belongs to one `Problem` class; the summary and the data card count
+quarantined rows by class, and the quarantine file names each row's `file:line` and the full
+reason (which names the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Problem = Literal[
+    "invalid UTF-8",
+    "broken JSON",
+    "broken CSV",
+    "not an object",
+    "unknown format",
+    "missing field",
+    "wrong type",
+    "empty content",
+    "unknown role",
+    "roles out of order",
+    "no assistant turn",
+    "over the token limit",
+    "unreadable template",
+]
+
+
+class RowError(ValueError):
+    """A row that cannot be used; the message names the field, `problem` classifies it."""
+
+    def __init__(self, message: str, problem: Problem, field: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.field = field  # set for a missing canonical field, to name the user's column
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    location: str  # file:line, or file:row N for columnar files
+    reason: str  # names the field and what is wrong with it
+    problem: Problem
+
+    def to_json(self) -> dict:
+        # `problem` is derivable from the reason and counted in the summary; the file stays
+        # two keys a person reads at a glance.
+        return {"location": self.location, "reason": self.reason}

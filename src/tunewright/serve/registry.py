@@ -1,0 +1,122 @@
+"""What a server serves: one base model in memory and any number of LoRA adapters on it, each
+selectable by the model name a client sends.
+
+Sources are run folders (`runs/<name>`: a LoRA run adds its adapter under the run's name, a full
+fine-tuning run is itself the base model), adapter folders (`NAME=PATH`), or a model name as
+`tunewright.models.load_model` accepts it. The base model is always served too, under its own
+name, so base and tuned answers can be compared side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from tunewright.errors import TunewrightError
+from tunewright.export.source import read_run_config, trained_folder
+from tunewright.models import load_model, resolve_model_folder
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str  # what clients send as "model"
+    adapter: str | None  # the peft adapter name; None = the base model
+    system_prompt: str | None  # the run's system prompt, used when a chat has none
+    source: str
+
+
+@dataclass
+class ModelSet:
+    model: torch.nn.Module  # the base model, wrapped in a PeftModel when adapters are served
+    tokenizer: PreTrainedTokenizerBase
+    served: dict[str, ServedModel] = field(default_factory=dict)
+    max_context: int = 2048  # the model's max_position_embeddings
+
+    @property
+    def has_adapters(self) -> bool:
+        return any(m.adapter is not None for m in self.served.values())
+
+    def chat_prompt_ids(self, served: ServedModel, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat rendered with the chat template, ready for the answer.
+
+        A chat without a system message gets the run's system prompt: the model was tuned (and
+        evaluated) with it, as an Ollama Modelfile's SYSTEM line does.
+        """
+        if served.system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": served.system_prompt}, *messages]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    name: str
+    path: Path
+    base: str
+    system_prompt: str | None
+
+
+def _is_run(path: Path) -> bool:
+    return path.is_dir() and ((path / "adapter").is_dir() or (path / "model").is_dir())
+
+
+def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> ModelSet:
+    """Load the base model once and attach every adapter; raises TunewrightError on conflicts."""
+    if not sources:
+        raise TunewrightError("name at least one model or run folder to serve")
+    base_name: str | None = None
+    base_served_as: str | None = None
+    base_system: str | None = None
+    found: list[_Adapter] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if _is_run(path):
+            cfg = read_run_config(path)
+            method, trained = trained_folder(path)
+            if method == "lora":
+                found.append(_Adapter(cfg.name, trained, cfg.model.name, cfg.data.system_prompt))
+                continue
+            candidate, served_as, base_system = str(trained), cfg.name, cfg.data.system_prompt
+        else:
+            candidate, served_as = source, path.name if path.exists() else source
+        if base_name is not None and base_name != candidate:
+            raise TunewrightError(f"one server holds one base model: got both {base_name} and {candidate}")
+        base_name, base_served_as = candidate, served_as
+    for name, folder in (adapters or {}).items():
+        path = Path(folder).expanduser()
+        if not (path / "adapter_config.json").is_file():
+            raise TunewrightError(f"adapter {name}: {path} has no adapter_config.json")
+        found.append(_Adapter(name, path, _adapter_base(path), None))
+    if base_name is None:  # only adapters were named: serve their base
+        base_name = found[0].base
+        base_served_as = Path(base_name).name if Path(base_name).exists() else base_name
+    resolved = resolve_model_folder(base_name)
+    for adapter in found:
+        if resolve_model_folder(adapter.base) != resolved:
+            raise TunewrightError(
+                f"adapter '{adapter.name}' was trained on {adapter.base}, not on the served base {base_name}"
+            )
+    loaded = load_model(base_name)  # fp32: on an AVX2 CPU bf16 matmuls are hundreds of times slower
+    served = {base_served_as: ServedModel(base_served_as, None, base_system, resolved)}
+    model = loaded.model
+    if found:
+        from peft import PeftModel
+
+        for i, adapter in enumerate(found):
+            if adapter.name in served:
+                raise TunewrightError(f"two models are both named '{adapter.name}'; rename one (NAME=PATH)")
+            if i == 0:
+                model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name)
+            else:
+                model.load_adapter(adapter.path, adapter_name=adapter.name)
+            served[adapter.name] = ServedModel(adapter.name, adapter.name, adapter.system_prompt, str(adapter.path))
+    model.eval()
+    return ModelSet(model, loaded.tokenizer, served, int(model.config.max_position_embeddings))
+
+
+def _adapter_base(path: Path) -> str:
+    return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]

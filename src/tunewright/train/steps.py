@@ -1,0 +1,124 @@
+"""The pieces the loop calls per step: micro-batch building, validation loss, saving, progress."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tunewright.data.example import Example
+from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
+from tunewright.train.batching import collate
+from tunewright.train.packing import PackedRow, collate_packed, pack_examples
+
+
+def drop_untrained_tail(example: TokenizedExample) -> TokenizedExample:
+    """Cut tokens after the last trained one (e.g. the newline after <|im_end|>): with causal
+    attention they influence no loss, so computing them is pure waste."""
+    last = max((i for i, t in enumerate(example.labels) if t != IGNORE_INDEX), default=len(example.labels) - 1)
+    if last == len(example.labels) - 1:
+        return example
+    weights = None if example.loss_weights is None else example.loss_weights[: last + 1]
+    return TokenizedExample(example.input_ids[: last + 1], example.labels[: last + 1], weights)
+
+
+def trained_weight(batch: dict[str, torch.Tensor]) -> float:
+    """The loss normaliser of a collated batch: summed token weights of the shifted labels."""
+    if "loss_weights" in batch:
+        return float(batch["loss_weights"][:, 1:].sum())
+    return float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+@dataclass
+class MicroBatches:
+    """The training units (examples, or packed rows of examples) and how to collate them."""
+
+    units: list[TokenizedExample] | list[PackedRow]
+    pad_id: int
+    packed: bool
+    _weights: list[float]
+
+    @classmethod
+    def build(cls, chat: ChatTokenizer, examples: list[Example], pad_id: int, *, packing: bool,
+              max_seq_len: int) -> MicroBatches:
+        encoded = [drop_untrained_tail(chat.encode_example(e)) for e in examples]
+        if packing:
+            rows = pack_examples(
+                [{"input_ids": e.input_ids, "labels": e.labels, "loss_weights": e.loss_weights} for e in encoded],
+                max_seq_len,
+            )
+            units: list = rows
+        else:
+            units = encoded
+        # per-unit normaliser computed once, so every rank can size a step without communication
+        weights = [trained_weight(cls._collate(units[i : i + 1], pad_id, packing)) for i in range(len(units))]
+        return cls(units, pad_id, packing, weights)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(u.input_ids) for u in self.units]
+
+    def weight(self, indices: list[int]) -> float:
+        return sum(self._weights[i] for i in indices)
+
+    def tokens(self, indices: list[int]) -> int:
+        return sum(len(self.units[i].input_ids) for i in indices)
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self._collate([self.units[i] for i in indices], self.pad_id, self.packed)
+
+    @staticmethod
+    def _collate(units, pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
+        return collate_packed(units, pad_id) if packed else collate(units, pad_id)
+
+
+@torch.no_grad()
+def evaluate_loss(forward, examples: list[TokenizedExample], batch_size: int, pad_id: int, accelerator) -> float:
+    """Mean per-token loss over `examples` (teacher forcing); restores training mode after."""
+    forward.eval()
+    total, weight = 0.0, 0.0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    for start in range(0, len(order), batch_size):
+        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+        with accelerator.autocast():
+            nll_sum, w = forward(**batch)
+        total += float(nll_sum)
+        weight += float(w)
+    forward.train()
+    return total / max(weight, 1e-9)
+
+
+def save_trained(model, tokenizer, run_dir: Path, method: str) -> Path:
+    """Save the adapter (LoRA) or the whole model as safetensors, atomically (temp folder, rename)."""
+    target = run_dir / ("adapter" if method == "lora" else "model")
+    tmp = run_dir / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    previous = run_dir / f".old-{target.name}"
+    if target.exists():
+        os.replace(target, previous)  # keep the last good one until the new one is in place
+    os.replace(tmp, target)
+    shutil.rmtree(previous, ignore_errors=True)
+    return target
+
+
+def progress_bar(console: Console, *, disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("lr {task.fields[lr]:.2e}"),
+        TextColumn("{task.fields[tps]:.0f} tok/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=disable,
+    )
