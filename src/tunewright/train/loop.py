@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from transformers import get_scheduler
 
-from tunewright.config import RunConfig
+from tunewright.config import RunConfig, save_config
 from tunewright.data.prepare import PreparedDataset
 from tunewright.data.tokenize import ChatTokenizer
 from tunewright.errors import TrainingDivergedError
@@ -108,6 +108,8 @@ def train(
     if dry_run_steps is not None:
         total_steps = min(total_steps, start_step + dry_run_steps + 1)  # +1: the first step warms up
     run_dir.mkdir(parents=True, exist_ok=True)
+    if main and dry_run_steps is None:
+        save_config(cfg, run_dir / "config.yaml")  # export/serve read the run's settings from it
     logger = MetricsLogger(run_dir, cfg.name, cfg.model_dump(mode="json")) if main and dry_run_steps is None else None
     if main:
         console.print(
