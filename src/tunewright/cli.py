@@ -141,7 +141,8 @@ def data_inspect(
 ):
     """Print tokenised samples with the untrained tokens dimmed; check that EOS is trained."""
     from tunewright.data.inspect import inspect_examples
-    from tunewright.data.prepare import load_prepared, prepare as prepare_data
+    from tunewright.data.prepare import load_prepared
+    from tunewright.data.prepare import prepare as prepare_data
     from tunewright.data.tokenize import ChatTokenizer
     from tunewright.models import load_tokenizer
 

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tunewright.errors import ModelLoadError
 
@@ -112,7 +117,8 @@ def resolve_model_folder(name: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a Hugging Face model folder (no config.json)")
         return str(path)
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+    # a Hub id is "org/name" (one slash); anything that looks like a path is a missing folder
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelLoadError(f"model folder not found: {name}")
     return name  # a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct
 

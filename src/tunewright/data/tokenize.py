@@ -98,7 +98,6 @@ class ChatTokenizer:
             if src.weight is not None:
                 m["weight"] = src.weight
         full, spans = self.trained_spans([dict(m) for m in chat])
-        # chat templates do not accept unknown keys reliably; render without the weights
         encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         if len(ids) > self.max_seq_len:

@@ -62,6 +62,7 @@ def generate(
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    trie = label_trie(allowed_sequences) if allowed_sequences is not None else None
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
@@ -72,8 +73,7 @@ def generate(
             input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
             attention_mask[row, width - len(prompts[i]) :] = 1
         sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
-        if allowed_sequences is not None:
-            trie = label_trie(allowed_sequences)
+        if trie is not None:
 
             def allowed(_row: int, ids: torch.Tensor, width: int = width) -> list[int]:
                 # finished rows are padded by generate() whatever we return

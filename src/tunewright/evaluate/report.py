@@ -56,7 +56,7 @@ def summary_table(result: EvalResult) -> Table:
 def write_markdown(result: EvalResult, path: Path, *, training: dict | None = None) -> Path:
     """A Markdown report: verdict, metrics table, training summary, examples won and lost."""
     names = metric_names(result)
-    lines = [f"# Evaluation report", "", f"**{verdict(result)}**", "", "| model | " + " | ".join(names) + " |",
+    lines = ["# Evaluation report", "", f"**{verdict(result)}**", "", "| model | " + " | ".join(names) + " |",
              "|---|" + "---|" * len(names)]
     for name, scores in result.models.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(m, scores.metrics[m]) for m in names) + " |")

@@ -18,12 +18,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunewright.config import RunConfig
-from tunewright.data.prepare import PreparedDataset
 from tunewright.data.example import Example, Message
+from tunewright.data.prepare import PreparedDataset
 from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.evaluate.labels import LabelMatcher
-from tunewright.evaluate.metrics import encode_labels, exact_match, macro_f1_from_codes, rouge_l, token_f1
+from tunewright.evaluate.metrics import (
+    encode_labels,
+    exact_match,
+    macro_f1_from_codes,
+    rouge_l,
+    token_f1,
+)
 from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn, mcnemar, paired_bootstrap
 from tunewright.models import load_model
 from tunewright.train.model_setup import resolve_precision
@@ -131,7 +137,7 @@ def evaluate(
         with _progress(console) as progress:
             task_id = progress.add_task(f"evaluate {name}", total=len(prompts), rate=0.0)
 
-            def advance(n: int, t=task_id) -> None:
+            def advance(n: int, t=task_id, started=started) -> None:
                 done = progress.tasks[t].completed + n
                 progress.update(t, completed=done, rate=done / (time.perf_counter() - started))
 

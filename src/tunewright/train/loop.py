@@ -26,10 +26,25 @@ from tunewright.data.tokenize import ChatTokenizer
 from tunewright.errors import TrainingDivergedError
 from tunewright.models import load_model
 from tunewright.train.batching import batch_schedule
-from tunewright.train.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, save_checkpoint
+from tunewright.train.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from tunewright.train.metrics_log import MetricsLogger
-from tunewright.train.model_setup import ChunkedLossForward, apply_training_method, cpu_only, resolve_precision
-from tunewright.train.steps import MicroBatches, evaluate_loss, progress_bar, save_trained, trained_weight
+from tunewright.train.model_setup import (
+    ChunkedLossForward,
+    apply_training_method,
+    cpu_only,
+    resolve_precision,
+)
+from tunewright.train.steps import (
+    MicroBatches,
+    evaluate_loss,
+    progress_bar,
+    save_trained,
+)
 
 
 @dataclass

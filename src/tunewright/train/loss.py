@@ -25,7 +25,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i w_i * NLL(softmax(h_i W^T), y_i), with gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, token_weights, chunk_tokens):  # noqa: D401
+    def forward(ctx, hidden, weight, targets, token_weights, chunk_tokens):
         compute_dtype = hidden.dtype
         weight_c = weight.to(compute_dtype)
         needs_weight_grad = weight.requires_grad
