@@ -15,7 +15,10 @@ Then, each timed in this process:
    manifest and card: rows/s end to end, and as a ratio to the baseline;
 3. the token stage alone (the model's tokenizer and chat template, exactly as training encodes
    examples) on a sample of the train split, when the bundled model is installed.
-Peak RSS is the process's maximum resident set (ru_maxrss) after step 2.
+Peak RSS is the process's maximum resident set (ru_maxrss) after step 2, and that of the largest
+worker process (JSONL inputs of 32 MB and more are parsed by `tunewright.data.batches.WORKERS`
+forked workers); their sum bounds the whole footprint from above (forked pages are shared). CPU
+time is printed too: on a shared machine, rows per CPU-second is the steadier figure.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from pathlib import Path
 from rich.console import Console
 
 from tunewright.config import RunConfig
+from tunewright.data import batches
 from tunewright.data.prepare import prepare
+from tunewright.data.store import read_split
 
 PII_VALUES = [
     "jane.doe@example.com", "+44 20 7946 0958", "(555) 234-5678", "4111 1111 1111 1111",
@@ -94,8 +99,18 @@ def baseline_parse(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def peak_rss_mb() -> tuple[float, float]:
+    """The largest resident set of this process, and of any (finished) worker it started."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return own / 1024, workers / 1024  # Linux: KiB
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time (user + system) of this process, and of its finished worker processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, workers.ru_utime + workers.ru_stime
 
 
 def token_stage(dataset, sample: int) -> None:
@@ -110,7 +125,7 @@ def token_stage(dataset, sample: int) -> None:
         print(f"token stage: skipped ({e})")
         return
     meter = TokenMeter(ChatTokenizer(tokenizer, None, 512))
-    examples = dataset.train[:sample]
+    examples = read_split(dataset.folder / "train.parquet", limit=sample)
     started = time.perf_counter()
     for example in examples:
         meter.measure(example, "train")
@@ -142,16 +157,24 @@ def main() -> None:
                 "dedup": "near",
             },
         })  # fmt: skip
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
         dataset = prepare(cfg, console=Console(quiet=True), tokens=False)
         seconds = time.perf_counter() - started
+        own_cpu, workers_cpu = (after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True))
         s = dataset.summary
+        own_rss, worker_rss = peak_rss_mb()
         print(
             f"prepare (validate + clean + PII + exact/near dedup + split + write): {seconds:.1f} s, "
             f"{args.rows / seconds:,.0f} rows/s ({base / seconds:.2f}x the baseline's rate); "
-            f"peak RSS {peak_rss_mb():,.0f} MB"
+            f"peak RSS {own_rss:,.0f} MB (workers: at most {worker_rss:,.0f} MB each; all together "
+            f"at most {own_rss + batches.WORKERS * worker_rss if worker_rss else own_rss:,.0f} MB)"
         )
-        print(f"  load average during the run (2 cores): {os.getloadavg()[0]:.1f}")
+        print(
+            f"  CPU time: {own_cpu:.1f} s in this process + {workers_cpu:.1f} s in {batches.WORKERS} worker(s) "
+            f"({args.rows / (own_cpu + workers_cpu):,.0f} rows per CPU-second); "
+            f"load average after the run (2 cores): {os.getloadavg()[0]:.1f}"
+        )
         print(
             f"  splits {s['splits']}; quarantined {s['quarantined']} {s['quarantined_by_reason']}; "
             f"duplicates {s['duplicates']['found']}, removed {s['duplicates_removed']}; "

@@ -52,7 +52,7 @@ def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir):
 
     run = tmp_path / "runs" / "tiny"
     expected = {
-        "config.yaml", "training.json", "metrics.jsonl", "report.md",
+        "config.yaml", "training.json", "metrics.jsonl", "report.md", "report.html", "eval/general.jsonl",
         "data/train.parquet", "data/val.parquet", "data/test.parquet", "data/quarantine.jsonl", "data/summary.json",
         "data/duplicates.jsonl", "data/manifest.json", "data/card.md", "data/length_histogram.png",
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -72,14 +72,14 @@ def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir):
 
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["task"] == "classification" and results["n_examples"] == 16
-    base = results["models"]["base"]["metrics"]["accuracy"]
+    base = results["models"][results["strongest_base"]]["metrics"]["accuracy"]
     tuned = results["models"]["tuned"]["metrics"]["accuracy"]
     for cell in (base, tuned):
         assert cell["low"] <= cell["value"] <= cell["high"]
     assert tuned["value"] > base["value"], (base, tuned)
 
     examples = [json.loads(line) for line in (run / "eval" / "examples.jsonl").read_text().splitlines()]
-    assert len(examples) == 16 and {"base", "tuned", "reference"} <= set(examples[0])
+    assert len(examples) == 16 and {"base_0shot", "base_kshot", "tuned", "reference", "outcome"} <= set(examples[0])
 
     # the summary table is printed with both models' scores
     assert "base" in result.stdout and "tuned" in result.stdout and "accuracy" in result.stdout

@@ -96,9 +96,9 @@ def train(
 
 @app.command()
 def evaluate(recipe: Recipe, overrides: Overrides = None, print_config: PrintConfig = False):
-    """Evaluate base and tuned models on the test split of a trained run."""
+    """Evaluate base (zero- and k-shot) and tuned models on the test split; write report.md and report.html."""
     from tunewright.data.prepare import load_prepared
-    from tunewright.evaluate.report import summary_table, verdict, write_markdown
+    from tunewright.evaluate.report import summary_table, verdict, write_reports
     from tunewright.evaluate.runner import evaluate as evaluate_models
 
     def go():
@@ -108,20 +108,54 @@ def evaluate(recipe: Recipe, overrides: Overrides = None, print_config: PrintCon
         if "tuned" in cfg.evaluate.models and not trained.is_dir():
             raise TunewrightError(f"no trained model in {cfg.run_dir}; run `tunewright train {recipe}` first")
         result = evaluate_models(cfg, dataset, trained, console=console)
-        write_markdown(result, cfg.run_dir / "report.md")
+        training_json = cfg.run_dir / "training.json"
+        training = json.loads(training_json.read_text()) if training_json.is_file() else None
+        write_reports(result, cfg.run_dir, training=training)
         console.print(summary_table(result))
         console.print(verdict(result))
+        if result.general:
+            console.print(result.general["sentence"])
 
     _guard(go)
 
 
 @app.command()
-def run(recipe: Recipe, overrides: Overrides = None, strict: Strict = False, print_config: PrintConfig = False):
+def harness(
+    source: Annotated[str, typer.Argument(help="A run folder (its base and tuned models are compared) or a model.")],
+    tasks: Annotated[list[str] | None, typer.Option("--tasks", "-t", help="Task names, comma-separated or repeated (default: tunewright_general_mc).")] = None,
+    include: Annotated[list[Path] | None, typer.Option("--include", help="Folder of lm_eval task YAMLs with local data (repeatable).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score at most this many documents per task.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 8,
+    chat_template: Annotated[bool, typer.Option("--chat-template", help="Wrap prompts in the model's chat template.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Results file (default: <run>/eval/harness.json, or ./harness.json for a model).")] = None,
+):
+    """Run lm-evaluation-harness tasks from local files on a run's base and tuned models."""
+    from tunewright.evaluate.harness import DEFAULT_TASKS, harness_table
+    from tunewright.evaluate.harness import harness as run_harness
+
+    def go():
+        result = run_harness(source, tasks or DEFAULT_TASKS, include=include or (), limit=limit, batch_size=batch_size,
+                             apply_chat_template=chat_template, output=output, console=err_console)
+        console.print(harness_table(result))
+        console.print(f"saved {result.path}", highlight=False)
+
+    _guard(go)
+
+
+@app.command()
+def run(
+    recipe: Recipe,
+    overrides: Overrides = None,
+    strict: Strict = False,
+    print_config: PrintConfig = False,
+    scaling: Annotated[str | None, typer.Option(help="Also train on these shares of the train split, e.g. 0.25,0.5,1 (sets train.scaling_fractions).")] = None,
+):
     """Prepare, train (LoRA), evaluate base vs tuned, and write a run folder with a report."""
     from tunewright.pipeline import run as run_pipeline
 
     def go():
-        cfg = _config(recipe, overrides, print_config)
+        extra = [f"train.scaling_fractions=[{scaling}]"] if scaling else []
+        cfg = _config(recipe, [*(overrides or []), *extra], print_config)
         run_pipeline(cfg, strict=strict, console=console)
 
     _guard(go)

@@ -147,6 +147,9 @@ class TrainConfig(_Strict):
     packing: bool = Field(
         False, description="Pack several examples per row (attention kept per example); batch_size then counts rows."
     )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in backward: far less memory, ~30% more compute."
+    )
     eval_every_steps: int | None = Field(
         None, ge=1, description="Validation loss every N steps (default: at the end only)."
     )
@@ -159,7 +162,47 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept (the best is kept as well).")
     resume: bool = Field(False, description="Continue from the newest complete checkpoint in the run folder.")
     log_every_steps: int = Field(5, ge=1, description="Write a metrics.jsonl row every N steps.")
+    fsdp: bool = Field(
+        False, description="Under torchrun/accelerate launch: shard weights, gradients and optimiser state (FSDP2) instead of DDP.",
+    )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Metric sinks besides metrics.jsonl; 'mlflow' logs to <run>/mlflow.db (pip install tunewright[mlflow]).",
+    )
     seed: int = Field(0, description="Seed for initialisation, dropout and data order.")
+    scaling_fractions: list[float] = Field(
+        default_factory=list,
+        description="`run` also trains on these shares of the train split (nested, e.g. [0.25, 0.5, 1]) and plots the test score.",
+    )
+
+    @field_validator("scaling_fractions")
+    @classmethod
+    def _check_fractions(cls, fractions: list[float]) -> list[float]:
+        bad = [f for f in fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"train.scaling_fractions must lie in (0, 1], got {bad}")
+        return sorted(set(fractions))
+
+
+class JudgeConfig(_Strict):
+    enabled: bool = Field(False, description="Grade answers with an LLM judge (adds judge_score); needs an endpoint.")
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge, e.g. https://api.openai.com/v1."
+    )
+    model: str = Field("", description="Judge model name as the endpoint knows it, e.g. gpt-4o-mini.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (never stored); null: no key."
+    )
+    rubric: str | None = Field(
+        None, description="Judging instructions; empty: is the answer correct and helpful vs the reference."
+    )
+    scale: Literal["1-5", "pass_fail"] = Field("1-5", description="Judge score: a rating 1-5, or pass/fail (1/0).")
+
+    @model_validator(mode="after")
+    def _check_model(self) -> JudgeConfig:
+        if self.enabled and not self.model.strip():
+            raise ValueError("evaluate.judge.enabled is true: name the judge model in evaluate.judge.model")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -171,9 +214,24 @@ class EvalConfig(_Strict):
         "free", description="Classification: 'constrained' lets models generate only label names."
     )
     batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
-    models: list[Literal["base", "tuned"]] = Field(
-        default_factory=lambda: ["base", "tuned"], description="Which models to evaluate."
+    models: list[Literal["base_0shot", "base_kshot", "tuned"]] = Field(
+        default_factory=lambda: ["base_0shot", "base_kshot", "tuned"],
+        description="Variants scored: base with the labels listed, base with base_shots examples, tuned.",
     )
+    base_shots: int = Field(5, ge=1, description="Train examples shown to base_kshot as earlier chat turns.")
+    compare_runs: list[str] = Field(
+        default_factory=list, description="Other run folders whose tuned model is scored on the same examples."
+    )
+    general_check: bool = Field(
+        True, description="Ask base and tuned ~50 general questions to check no general ability was lost."
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Optional LLM judge (off by default).")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _legacy_base_name(cls, value):
+        # run folders written by tunewright 0.1.0 say "base" for what is now base_0shot
+        return ["base_0shot" if v == "base" else v for v in value] if isinstance(value, list) else value
 
 
 class RunConfig(_Strict):
@@ -197,6 +255,11 @@ class RunConfig(_Strict):
     def _check_train(self) -> RunConfig:
         if self.train.early_stopping_patience and not self.train.eval_every_steps:
             raise ValueError("train.early_stopping_patience needs train.eval_every_steps (how often to validate)")
+        if self.train.fsdp and (self.train.checkpoint_every_steps or self.train.resume):
+            raise ValueError(
+                "train.fsdp does not write resumable checkpoints yet: set train.checkpoint_every_steps to null "
+                "(and train.resume to false), or train with DDP (train.fsdp: false)"
+            )
         return self
 
     @property

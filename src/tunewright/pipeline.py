@@ -11,8 +11,9 @@ from rich.console import Console
 
 from tunewright.config import RunConfig, save_config
 from tunewright.data.prepare import PreparedDataset, load_prepared, prepare
-from tunewright.evaluate.report import summary_table, verdict, write_markdown
+from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, evaluate
+from tunewright.scaling import run_scaling
 from tunewright.train.loop import TrainResult, train
 
 
@@ -67,8 +68,13 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
         "precision": trained.precision,
     }
     (cfg.run_dir / "training.json").write_text(json.dumps(training, indent=2))
-    write_markdown(result, cfg.run_dir / "report.md", training=training)
+    if cfg.train.scaling_fractions:  # before the reports: report.html shows the scaling curve
+        run_scaling(cfg, dataset, full=result, console=console)
+    write_reports(result, cfg.run_dir, training=training)
     console.print(summary_table(result))
     console.print(verdict(result))
+    if result.general:
+        console.print(result.general["sentence"])
+    console.print(f"report: {cfg.run_dir / 'report.html'}")
     console.print(f"run folder: {cfg.run_dir}")
     return RunResult(cfg.run_dir, trained, result, time.perf_counter() - started)

@@ -17,12 +17,7 @@ from tunewright.data.dedup import (
     token_hashes,
 )
 
-WORDS = (
-    "account balance transfer card payment refund pending declined limit fee exchange rate "
-    "branch mobile app password verify identity statement deposit withdraw cash machine abroad "
-    "currency salary loan interest mortgage savings charge dispute merchant receipt online "
-    "contactless travel notify fraud freeze unlock replace delivery address phone email"
-).split()
+WORDS = ["account", "balance", "transfer", "card", "payment", "refund", "pending", "declined", "limit", "fee", "exchange", "rate", "branch", "mobile", "app", "password", "verify", "identity", "statement", "deposit", "withdraw", "cash", "machine", "abroad", "currency", "salary", "loan", "interest", "mortgage", "savings", "charge", "dispute", "merchant", "receipt", "online", "contactless", "travel", "notify", "fraud", "freeze", "unlock", "replace", "delivery", "address", "phone", "email"]
 
 
 def sentence(rng: random.Random, n_words: int = 20) -> str:
@@ -191,3 +186,26 @@ def test_add_many_equals_add_on_arbitrary_rows(word_lists: list[list[str]]) -> N
 def test_bad_settings_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Deduplicator(**kwargs)
+
+
+def test_permutations_are_datasketch_affine32_ones() -> None:
+    for num_perm, seed in [(64, 1), (128, 7)]:
+        expected = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        assert np.array_equal(dedup.affine32_permutations(num_perm, seed), expected)
+
+
+def test_digests_that_share_their_first_half_stay_distinct() -> None:
+    # The exact-duplicate table files the first 8 bytes of a digest; a clash goes to a dict.
+    def sketches(*digests: bytes) -> dedup.Sketches:
+        n = len(digests)
+        return dedup.Sketches(b"".join(digests), np.zeros((n, 64), np.uint16), np.zeros(n, bool))
+
+    a, b, c, d = (bytes(8) + bytes([k]) * 8 for k in (1, 2, 3, 4))
+    other = b"\x01" * 16
+    dedup_ = Deduplicator()
+    first = dedup_.add_sketched([0, 1, 2, 3, 4], sketches(a, b, a, other, b))
+    assert [x.kind for x in first] == ["keep", "keep", "exact", "keep", "exact"]
+    assert (first[2].duplicate_of, first[4].duplicate_of) == (0, 1)
+    again = dedup_.add_sketched([5, 6, 7, 8], sketches(c, b, a, c))
+    assert [(x.kind, x.duplicate_of) for x in again] == [("keep", None), ("exact", 1), ("exact", 0), ("exact", 5)]
+    assert dedup_.add_sketched([9], sketches(d))[0].keep

@@ -139,3 +139,59 @@ def test_no_usable_rows_names_the_first_problem(tmp_path, tiny_model_dir):
     cfg = config(tmp_path, tiny_model_dir, train_files=[str(data)], test_files=[], columns={})
     with pytest.raises(DataError, match=r"no usable training rows: first problem: .*bad.jsonl:1: field 'messages'"):
         prepare(cfg, console=QUIET)
+
+
+def test_worker_processes_give_the_same_dataset_as_one_process(tmp_path, tiny_model_dir, monkeypatch):
+    from tunewright.data import batches
+
+    data = tmp_path / "chat.jsonl"
+    lines = []
+    for i in range(400):
+        question = f"question {i % 150} about card {'fees' if i % 7 else 'limits'} mail{i}@example.com"
+        lines.append(json.dumps({"messages": [{"role": "user", "content": question},
+                                              {"role": "assistant", "content": f"answer {i % 150}"}]}))  # fmt: skip
+        if i % 50 == 7:
+            lines += ['{"messages": [{"role": "user", "content": "broken', "", '{"messages": []}']
+    data.write_text("\n".join(lines))  # no final newline: the last block is a partial line
+    monkeypatch.setattr(batches, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(batches, "BLOCK_BYTES", 2_000)
+    prepared = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(batches, "WORKERS", workers)
+        cfg = config(tmp_path, tiny_model_dir, f"w{workers}", train_files=[str(data)], test_files=[], columns={},
+                     pii_redact=["EMAIL"], dedup="near", max_seq_len=256)  # fmt: skip
+        prepared[workers] = prepare(cfg, console=QUIET)
+    one, two = prepared[1], prepared[2]
+    assert one.summary == two.summary
+    balance(two.summary)
+    assert two.summary["quarantined_by_reason"] == {"broken JSON": 8, "empty content": 8}
+    assert two.summary["duplicates"]["found"]["exact"] > 0
+    assert two.summary["sources"][0]["rows"] == 400 + 16
+    manifests = [json.loads((d.folder / "manifest.json").read_text()) for d in (one, two)]
+    assert manifests[0]["outputs"] == manifests[1]["outputs"]
+    # strict mode: the first bad row stops the run, also when a worker process finds it
+    good = {"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]}
+    data.write_text("".join(json.dumps(good | {"n": i}) + "\n" for i in range(100)) + '{"messages": 1}\n')
+    with pytest.raises(DataError, match=r"chat.jsonl:101: field 'messages': expected a list.*strict mode"):
+        prepare(config(tmp_path, tiny_model_dir, "strict", train_files=[str(data)], test_files=[], columns={}),
+                console=QUIET, strict=True)  # fmt: skip
+
+
+def test_token_check_reads_back_only_what_the_quotas_reach(tmp_path, tiny_model_dir):
+    # With data.max_train_examples only the front of the take order is measured (here 91 rows);
+    # rejections that use up that margin make it measure further (here ~115 are offered), and
+    # the quotas still hold.
+    data = tmp_path / "chat.jsonl"
+    rows = []
+    for i in range(300):
+        question = f"question {i} " + ("card " * 200 if i % 5 else "")
+        rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "ok"}]})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config(tmp_path, tiny_model_dir, train_files=[str(data)], test_files=[], columns={}, dedup="off",
+                 test_fraction=0.05, val_fraction=0.0, max_train_examples=10)  # fmt: skip
+    dataset = prepare(cfg, console=QUIET)
+    summary = dataset.summary
+    balance(summary)
+    assert summary["splits"] == {"train": 10, "val": 0, "test": 15}
+    assert 0 < summary["quarantined_by_reason"]["over the token limit"] < 240  # only those offered
+    assert summary["not_used_after_sampling"] > 0

@@ -70,6 +70,27 @@ def test_training_is_deterministic_on_cpu(tmp_path, tiny_model_dir):
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_activation_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir, method):
+    weights = []
+    for flag in (False, True):
+        cfg = config(tmp_path / str(flag), tiny_model_dir, "train.max_steps=3", f"train.method={method}",
+                     f"train.activation_checkpointing={flag}", "train.lr=0.003")
+        out = train(cfg, prepare(cfg, console=QUIET), console=QUIET).output_dir
+        weights.append(load_file(next(out.glob("*.safetensors"))))
+    plain, recomputed = weights
+    from tunewright.train.model_setup import apply_training_method, causal_lm_of
+
+    model = apply_training_method(load_model(str(tiny_model_dir)).model, cfg.train, "fp32")
+    assert causal_lm_of(model).is_activation_checkpointing  # the flag really reaches the model
+    assert plain.keys() == recomputed.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], recomputed[name], rtol=1e-5, atol=1e-6, msg=name)
+    initial = load_model(str(tiny_model_dir)).model.state_dict()
+    moved = [k for k in plain if k in initial and not torch.equal(plain[k], initial[k])]
+    assert method == "lora" or moved, "full fine-tuning must change the weights"
+
+
 @pytest.mark.parametrize("lora_layers", [1])
 def test_lora_on_top_layers_only(tmp_path, tiny_model_dir, lora_layers):
     cfg = config(tmp_path, tiny_model_dir, f"train.lora_layers={lora_layers}", "train.max_steps=2")

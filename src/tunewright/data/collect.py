@@ -9,8 +9,9 @@ raw texts into pieces. A row that fails any step becomes a `Quarantined` entry w
 from __future__ import annotations
 
 import gc
+import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,10 +22,12 @@ from tunewright.data.example import Example, Message
 from tunewright.data.formats import NORMALISERS, detect_format, rename_columns
 from tunewright.data.pii import PiiRedactor
 from tunewright.data.quarantine import Quarantined, RowError
+from tunewright.data.readers import Row
 from tunewright.data.sources import Source, expand
 from tunewright.errors import DataError
 
 Chunker = Callable[[Example], list[Example]]
+BATCH_ROWS = 4096  # examples per yielded batch: large enough for numpy, small in memory
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Collected:
     """What collection produced from a list of recipe paths, and what it set aside."""
 
     examples: list[Example] = field(default_factory=list)
-    quarantine: list[Quarantined] = field(default_factory=list)
+    quarantine: list[Quarantined] = field(default_factory=list)  # or a QuarantineLog
     rows_read: int = 0
     chunks_added: int = 0  # extra examples made by cutting long texts
     rows_cleaned: int = 0  # rows whose text a cleaning step changed
@@ -55,56 +58,90 @@ class Collector:
         self.pii: Counter = Counter()  # of the current `collect` call
 
     def collect(self, paths: list[Path]) -> Collected:
+        """Everything at once, in `Collected.examples` and `.quarantine` (small inputs, tests)."""
         out = Collected()
-        self.pii = out.pii
         with gc_paused():
-            for path in paths:
-                expanded = expand(path)
-                out.skipped_files += [str(p) for p in expanded.skipped]
-                for source in expanded.sources:
-                    self._collect_source(source, out)
+            for batch in self.stream(paths, out):
+                out.examples += batch
         return out
 
-    def _collect_source(self, source: Source, out: Collected) -> None:
+    def stream(self, paths: list[Path], out: Collected) -> Iterator[list[Example]]:
+        """Yield the examples in batches of about `BATCH_ROWS`, in input order, so memory stays
+        bounded; quarantined rows go to `out.quarantine` (a list or a `QuarantineLog`) and the
+        counts to `out`."""
+        self.pii = out.pii
+        for path in paths:
+            expanded = expand(path)
+            out.skipped_files += [str(p) for p in expanded.skipped]
+            for source in expanded.sources:
+                yield from self._collect_source(source, out)
+
+    def source_info(self, source: Source) -> dict:
+        """The summary entry of a source: path, format (None until detected), rows, note."""
         fmt = source.format or (None if self.dc.format == "auto" else self.dc.format)
-        info = {"path": str(source.path), "format": fmt, "rows": 0}
+        return {"path": str(source.path), "format": fmt, "rows": 0}
+
+    def _collect_source(self, source: Source, out: Collected) -> Iterator[list[Example]]:
+        info = self.source_info(source)
         out.sources.append(info)
-        rows_before = out.rows_read
-        for row in source.rows():
+        yield from self.collect_rows(source.rows(), info, out)
+
+    def collect_rows(self, source_rows: Iterable[Row], info: dict, out: Collected) -> Iterator[list[Example]]:
+        """The rows of one source (`info`, whose format is set once detected) as examples, in
+        batches of about `BATCH_ROWS`; counts and quarantined rows go to `out` (which the caller
+        may empty between batches)."""
+        fmt = info["format"]
+        rows = 0  # of this call, added to info["rows"] at each yield
+        group_by, columns, clean, redactor = self.dc.group_by, self.dc.columns, self.clean, self.redactor
+        transform = self._transform if redactor is not None else clean
+        # Most chat text is printable ASCII with nothing for any step to do: one regex scan tells.
+        quick = _QUICK_SKIP if redactor is None or not redactor.scans_every_text else None
+        normalise = NORMALISERS[fmt] if fmt is not None else None
+        batch: list[Example] = []
+        for row in source_rows:
             out.rows_read += 1
+            rows += 1
             try:
                 if row.error is not None:
                     raise RowError(row.error, row.problem)
-                data = rename_columns(row.data, self.dc.columns)
-                if fmt is None:
+                data = rename_columns(row.data, columns) if columns else row.data
+                if normalise is None:
                     fmt = info["format"] = detect_format(set(data), row.location)
+                    normalise = NORMALISERS[fmt]
                     if fmt == "text" and len(data) > 1:
                         others = ", ".join(sorted(k for k in data if k != "text"))
                         info["note"] = (
                             f"read as raw text (continued pre-training); columns {others} are "
                             "ignored. If one is the label, map it: data.columns: {label: <column>}"
                         )
-                example = NORMALISERS[fmt](data)
-                meta = {"group": _group_key(data, self.dc.group_by)} if self.dc.group_by else example.meta
-                # the constructor, not dataclasses.replace: this runs once per row
-                example = Example(example.messages, example.text, example.label, row.location, meta)
-                if self.clean is not None or self.redactor is not None:
-                    cleaned = _map_texts(example, self._transform)
+                example = normalise(data, row.location)
+                if group_by:
+                    meta = {"group": _group_key(data, group_by)}
+                    example = Example(example.messages, example.text, example.label, example.source, meta)
+                if transform is not None and not (quick is not None and _untouched(example, quick)):
+                    cleaned = _map_texts(example, transform)
                     out.rows_cleaned += cleaned is not example
                     example = cleaned
                 if example.text is not None and self.chunker is not None:
                     pieces = self.chunker(example)
                     out.chunks_added += len(pieces) - 1
-                    out.examples += pieces
+                    batch += pieces
                 else:
-                    out.examples.append(example)
+                    batch.append(example)
             except RowError as e:
                 out.quarantine.append(Quarantined(row.location, self._reason(e), e.problem))
                 if self.strict:
                     raise DataError(
-                        f"{row.location}: {out.quarantine[-1].reason} (strict mode: stopping at the first bad row)"
+                        f"{row.location}: {self._reason(e)} (strict mode: stopping at the first bad row)"
                     ) from None
-        info["rows"] = out.rows_read - rows_before
+            if len(batch) >= BATCH_ROWS:
+                info["rows"] += rows
+                rows = 0
+                yield batch
+                batch = []
+        info["rows"] += rows
+        if batch:
+            yield batch
 
     def _reason(self, error: RowError) -> str:
         theirs = self.dc.columns.get(error.field) if error.field else None
@@ -127,6 +164,25 @@ class Collector:
                 pieces.append(text[position:])
                 text = "".join(pieces)
         return text
+
+
+# A text that matches nothing here and has no space at either end is left as it is by every
+# cleaning step (they act on control characters, non-ASCII, "&", "<" and edge whitespace) and
+# by every built-in PII type (each needs a digit or "@").
+_QUICK_SKIP = re.compile(r"[^ -~]|[&<0-9@]")
+
+
+def _untouched(example: Example, quick: re.Pattern[str]) -> bool:
+    """Whether cleaning and redaction certainly leave the example's texts as they are."""
+    search = quick.search
+    if example.text is not None:
+        text = example.text
+        return search(text) is None and text[:1] != " " and text[-1:] != " "
+    for m in example.messages:
+        text = m.content
+        if search(text) is not None or text[:1] == " " or text[-1:] == " ":
+            return False
+    return True
 
 
 def _group_key(row: dict, column: str) -> str:

@@ -15,7 +15,12 @@ Signatures are bit-identical to `datasketch.MinHash(scheme="affine32")` fed the 
 hashes (the tests check this), but are computed for a chunk of rows in a few numpy operations,
 and the LSH buckets are a numpy hash table probed for the whole chunk at once. datasketch's
 per-row `MinHash` + `MinHashLSH.query/insert` path measured ~15x slower (~250 us a row) and
-~3.5 KB a row (one Python set per bucket); see benchmarks/dedup_speed.py.
+~3.5 KB a row (one Python set per bucket); see benchmarks/dedup_speed.py. Exact digests live in
+the same kind of table, so deciding a chunk costs a few numpy calls, not a dict lookup a row.
+
+Work is split in two so that the per-row part can run in worker processes: `sketch` (normalise,
+digest, MinHash; depends only on the texts) and `add_sketched` (the decisions, in order, against
+everything seen before).
 """
 
 from __future__ import annotations
@@ -51,9 +56,10 @@ _POLY_BASE = 0x9E3779B97F4A7C15
 _POLY_BASE_INV = pow(_POLY_BASE, -1, 1 << 64)
 _TOP_MIX = 0xD6E8FEB86659FD93
 
-# Chunks bound the (tokens x num_perm) matrix: <= 128 KiB of text is <= 64k tokens.
-_CHUNK_ROWS = 1024
-_CHUNK_CHARS = 1 << 17
+# Chunks bound the (tokens x num_perm) matrix: <= 512 KiB of text is <= 256k tokens (64 MiB at
+# 64 permutations); larger chunks pay numpy's per-call overhead less often.
+_CHUNK_ROWS = 8192
+_CHUNK_CHARS = 1 << 19
 _CACHED_POWERS = 1 << 20  # bytes; a single longer text gets its power tables computed afresh
 # Linear probing in the LSH table never wraps around: this many slots past the last home slot
 # take the overflow, and the table grows early in the rare case they fill up.
@@ -157,6 +163,15 @@ def _power_tables(size: int) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.cumprod(tables, axis=1))  # type: ignore[return-value]
 
 
+def affine32_permutations(num_perm: int, seed: int) -> np.ndarray:
+    """`datasketch.MinHash(num_perm, seed=seed, scheme="affine32").permutations`, made the same
+    way (the tests check): importing datasketch pulls in scipy, ~1 s of every run."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return np.array([a, b])
+
+
 def _fmix32(values: np.ndarray) -> np.ndarray:
     # MurmurHash3's finaliser, as datasketch's affine32 scheme applies before permuting.
     values = values ^ (values >> np.uint32(16))
@@ -187,6 +202,19 @@ def minhash_signatures(
     return np.minimum.reduceat(permuted, offsets, axis=1).T
 
 
+@dataclass(frozen=True)
+class Sketches:
+    """Per text: its 16-byte exact-duplicate digest (concatenated), its MinHash signature (low
+    16 bits of each value) and whether it has any word (without, only exact duplicates count)."""
+
+    digests: bytes
+    signatures: np.ndarray  # (texts, num_perm) uint16
+    has_tokens: np.ndarray  # (texts,) bool
+
+    def slice(self, start: int, stop: int) -> Sketches:
+        return Sketches(self.digests[16 * start : 16 * stop], self.signatures[start:stop], self.has_tokens[start:stop])
+
+
 class _BandIndex:
     """LSH buckets: band hash -> text id of the first kept row filed under it.
 
@@ -196,12 +224,14 @@ class _BandIndex:
     Text ids are stored as int32, which caps an index at 2^31 distinct texts.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: type = np.uint32) -> None:
+        self._dtype = dtype  # uint32 band keys, or uint64 (the first half of a text digest)
+        self._width = np.uint64(8 * np.dtype(dtype).itemsize)
         self._bits = 16
         self._count = 0
-        self._keys = np.zeros(0, np.uint32)
+        self._keys = np.zeros(0, dtype)
         self._ids = np.zeros(0, np.int32)  # -1 marks an empty slot
-        self._rebuild(np.zeros(0, np.uint32), np.zeros(0, np.int32))
+        self._rebuild(np.zeros(0, dtype), np.zeros(0, np.int32))
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Text id filed under each key, or -1; same shape as `keys`."""
@@ -239,7 +269,7 @@ class _BandIndex:
             todo, slots = todo[~won], slots[~won] + 1
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
-        return (keys >> np.uint32(32 - self._bits)).astype(np.intp)
+        return (keys >> self._dtype(self._width - np.uint64(self._bits))).astype(np.intp)
 
     def _grow(self, keys: np.ndarray, text_ids: np.ndarray) -> None:
         occupied = self._ids >= 0
@@ -265,11 +295,18 @@ class _BandIndex:
             if len(slots) == 0 or slots[-1] < size - 1:
                 break
             self._bits += 1
-        self._keys = np.zeros(size, np.uint32)
+        self._keys = np.zeros(size, self._dtype)
         self._ids = np.full(size, -1, np.int32)
         self._keys[slots] = keys
         self._ids[slots] = text_ids
         self._count = len(keys)
+
+
+def _first_of_repeats(keys: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence of each value of the 1-d `keys`."""
+    first = np.zeros(len(keys), bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    return first
 
 
 def _repeated(keys: np.ndarray) -> np.ndarray:
@@ -288,10 +325,12 @@ def _repeated(keys: np.ndarray) -> np.ndarray:
 class Deduplicator(Generic[K]):
     """Streaming exact + near-duplicate filter; the first occurrence of a text wins.
 
-    Memory holds, per distinct normalised text, its 16-byte digest, its key and its signature
-    (2 bytes x `num_perm`), and per kept text one LSH table entry per band (16-32 bytes with
-    the table's spare room): 0.5-0.8 KiB a row at the defaults. Texts are not kept. Keys must
-    be unique. Use `add_many` for throughput: `add` pays numpy's per-call overhead on one row.
+    Memory holds, per distinct normalised text, its 16-byte digest (in a table with spare room:
+    ~40 bytes), its key and its signature (2 bytes x `num_perm`), and per kept text one LSH table
+    entry per band (16-32 bytes with the table's spare room): ~0.55 KiB a row at the defaults
+    (measured), briefly more while a table doubles. Texts are not kept. Keys must be unique. Use
+    `add_many` (or `sketch` + `add_sketched`) for throughput: `add` pays numpy's per-call
+    overhead on one row.
     """
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 64, seed: int = 1) -> None:
@@ -301,10 +340,7 @@ class Deduplicator(Generic[K]):
             raise ValueError(f"dedup num_perm must be >= 2, got {num_perm!r}")
         self.threshold = threshold
         self.num_perm = num_perm
-        # Imported here: datasketch pulls in scipy (~1 s), and only this constructor needs it.
-        from datasketch import MinHash
-
-        self._permutations = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        self._permutations = affine32_permutations(num_perm, seed)
         self._bands, self._rows_per_band = lsh_bands(threshold, num_perm)
         # A random odd multiplier per (band, position) gives each band its own hash, so all
         # bands can share one index.
@@ -313,7 +349,11 @@ class Deduplicator(Generic[K]):
         self._band_mix = rng.integers(0, 1 << 63, shape, np.uint64) * np.uint64(2) + np.uint64(1)
 
         # A "text id" numbers distinct normalised texts in order of first appearance.
-        self._by_digest: dict[bytes, int] = {}  # digest -> text id
+        # Exact duplicates: the first 8 bytes of each digest in a hash table (-> text id), the
+        # other 8 by text id; the rare digests whose first half is already taken go to a dict.
+        self._digest_index = _BandIndex(np.uint64)
+        self._digest_tail = np.zeros(1024, np.uint64)
+        self._digest_overflow: dict[bytes, int] = {}
         self._keys: list[K] = []  # text id -> key of the row that brought it
         self._head: list[int] = []  # text id -> text id of the kept row of its cluster
         # text id -> signature, low 16 bits only (b-bit MinHash): half the memory, and two
@@ -324,7 +364,7 @@ class Deduplicator(Generic[K]):
 
     def add(self, key: K, text: str) -> DedupDecision[K]:
         """Decide whether `text` is new, or an exact or near duplicate of an earlier row."""
-        return self._add_chunk([(key, text)])[0]
+        return self.add_sketched([key], self.sketch([text]))[0]
 
     def add_many(self, rows: Iterable[tuple[K, str]]) -> Iterator[DedupDecision[K]]:
         """`add` for each `(key, text)`, lazily and in order; much faster than calling `add`.
@@ -334,62 +374,128 @@ class Deduplicator(Generic[K]):
         """
         rows = iter(rows)
         while chunk := list(islice(rows, _CHUNK_ROWS)):
-            while chunk:
-                # Also split on text volume, so a chunk of long documents stays small in memory.
-                sizes = np.cumsum([len(text) for _, text in chunk])
-                cut = max(1, int(np.searchsorted(sizes, _CHUNK_CHARS)))
-                yield from self._add_chunk(chunk[:cut])
-                chunk = chunk[cut:]
+            keys = [key for key, _ in chunk]
+            yield from self.add_sketched(keys, self.sketch([text for _, text in chunk]))
+
+    def sketch(self, texts: list[str]) -> Sketches:
+        """What deduplication needs to know of each text: its digest and MinHash signature.
+
+        Depends only on the texts and the settings (not on rows seen before), so it may be
+        computed elsewhere, e.g. in a worker process, by a `Deduplicator` made with the same
+        arguments; `add_sketched` then decides.
+        """
+        normalized = [normalize_for_hash(text) for text in texts]
+        digests = b"".join([text_digest(text) for text in normalized])
+        signatures = np.zeros((len(texts), self.num_perm), np.uint16)
+        has_tokens = np.zeros(len(texts), bool)
+        start = 0
+        while start < len(texts):
+            # Also cut on text volume, so a chunk of long documents stays small in memory.
+            sizes = np.cumsum([len(text) for text in normalized[start : start + _CHUNK_ROWS]])
+            stop = start + max(1, int(np.searchsorted(sizes, _CHUNK_CHARS)))
+            hashes, tokens_per_text = token_hashes(normalized[start:stop])
+            tokens = tokens_per_text > 0  # only-punctuation text can only be an exact dup
+            has_tokens[start:stop] = tokens
+            rows = start + np.flatnonzero(tokens)
+            # low 16 bits only (b-bit MinHash): half the memory, and two different values then
+            # agree by chance with p = 2^-16, a negligible bias.
+            signatures[rows] = minhash_signatures(hashes, tokens_per_text[tokens], self._permutations)
+            start = stop
+        return Sketches(digests, signatures, has_tokens)
 
     def clusters(self) -> list[list[K]]:
         """Groups of rows with duplicates: the kept key first, then its duplicates in order."""
         return [[self._keys[head], *dups] for head, dups in sorted(self._members.items())]
 
-    def _add_chunk(self, chunk: list[tuple[K, str]]) -> list[DedupDecision[K]]:
+    def add_sketched(self, keys: list[K], sketches: Sketches) -> list[DedupDecision[K]]:
+        """Decide rows given their keys and `sketch` (of this or an identical Deduplicator)."""
+        decisions: list[DedupDecision[K]] = []
+        for start in range(0, len(keys), _CHUNK_ROWS):
+            decisions += self._add_chunk(keys[start : start + _CHUNK_ROWS], sketches.slice(start, start + _CHUNK_ROWS))
+        return decisions
+
+    def _add_chunk(self, keys: list[K], sketches: Sketches) -> list[DedupDecision[K]]:
         # Pass 1, exact: every never-seen normalised text gets the next text id.
         first_new_id = len(self._keys)
-        new_rows: list[int] = []
-        new_texts: list[str] = []
-        duplicates: list[tuple[int, int, bool]] = []  # (row, text id, is exact)
-        for row, (key, text) in enumerate(chunk):
-            normalized = normalize_for_hash(text)
-            digest = text_digest(normalized)
-            text_id = self._by_digest.get(digest)
-            if text_id is None:
-                text_id = len(self._keys)  # one int object, shared by the dict and the list
-                self._by_digest[digest] = text_id
-                self._head.append(text_id)
-                self._keys.append(key)
-                new_rows.append(row)
-                new_texts.append(normalized)
-            else:
-                duplicates.append((row, text_id, True))
+        text_of_row = self._exact(sketches.digests)
+        candidates = np.flatnonzero(text_of_row >= first_new_id)
+        # the first row of each new text (new ids follow first appearance, so these ascend)
+        new_rows = candidates[np.unique(text_of_row[candidates], return_index=True)[1]]
+        self._keys.extend([keys[row] for row in new_rows.tolist()])
+        self._head.extend(range(first_new_id, len(self._keys)))
+        is_new = np.zeros(len(keys), bool)
+        is_new[new_rows] = True
+        duplicates: list[tuple[int, int, bool]] = [  # (row, text id, is exact)
+            (row, text_id, True) for row, text_id in zip(
+                np.flatnonzero(~is_new).tolist(), text_of_row[~is_new].tolist(), strict=True
+            )
+        ]
+        new_rows = new_rows.tolist()
 
         # Pass 2, near: among the texts never seen before.
-        near = self._near_duplicates(first_new_id, new_texts) if new_texts else {}
+        near = {}
+        if new_rows:
+            near = self._near_duplicates(first_new_id, sketches.signatures[new_rows], sketches.has_tokens[new_rows])
         for text_id, (head, _) in near.items():
             self._head[text_id] = head
             duplicates.append((new_rows[text_id - first_new_id], text_id, False))
 
         # Pass 3: decisions and cluster membership of the duplicates, in row order.
-        decisions: list[DedupDecision[K]] = [_KEEP] * len(chunk)
+        decisions: list[DedupDecision[K]] = [_KEEP] * len(keys)
         for row, text_id, is_exact in sorted(duplicates):
             if is_exact:
                 decisions[row] = DedupDecision("exact", self._keys[text_id], 1.0)
             else:
                 head, jaccard = near[text_id]
                 decisions[row] = DedupDecision("near", self._keys[head], jaccard)
-            self._members.setdefault(self._head[text_id], []).append(chunk[row][0])
+            self._members.setdefault(self._head[text_id], []).append(keys[row])
         return decisions
 
-    def _near_duplicates(self, first_id: int, texts: list[str]) -> dict[int, tuple[int, float]]:
+    def _exact(self, digests: bytes) -> np.ndarray:
+        """The text id of each row's digest, numbering new digests in order of first appearance."""
+        halves = np.frombuffer(digests, np.uint64).reshape(-1, 2)
+        distinct, first_row, inverse = np.unique(
+            np.frombuffer(digests, "V16"), return_index=True, return_inverse=True
+        )
+        del distinct
+        order = np.argsort(first_row)  # distinct digests in order of first appearance
+        head, tail = halves[first_row[order], 0], halves[first_row[order], 1]
+        text_id = self._digest_index.lookup(head)
+        filed = text_id >= 0
+        # A filed first half with another second half: a different text (or one in the dict).
+        clash = np.flatnonzero(filed)[self._digest_tail[text_id[filed]] != tail[filed]]
+        text_id[clash] = -1
+        overflow = np.zeros(len(head), bool)
+        overflow[clash] = True
+        overflow |= (text_id < 0) & _repeated(head) & ~_first_of_repeats(head)
+        raw = np.frombuffer(digests, "V16")
+        for k in np.flatnonzero(overflow).tolist():  # rare: ~n^2 / 2^64 of them
+            text_id[k] = self._digest_overflow.get(raw[first_row[order[k]]].tobytes(), -1)
+        new = np.flatnonzero(text_id < 0)
+        first_new = len(self._keys)
+        text_id[new] = first_new + np.arange(len(new))
+        indexed = new[~overflow[new]]
+        self._digest_index.insert(head[indexed], text_id[indexed])
+        for k in new[overflow[new]].tolist():
+            self._digest_overflow[raw[first_row[order[k]]].tobytes()] = int(text_id[k])
+        needed = first_new + len(new)
+        if needed > len(self._digest_tail):
+            grown = np.zeros(max(2 * len(self._digest_tail), needed), np.uint64)
+            grown[: len(self._digest_tail)] = self._digest_tail
+            self._digest_tail = grown
+        self._digest_tail[text_id[new]] = tail[new]
+        of_distinct = np.empty(len(order), np.int64)
+        of_distinct[order] = text_id
+        return of_distinct[inverse.ravel()]
+
+    def _near_duplicates(
+        self, first_id: int, signatures: np.ndarray, has_tokens: np.ndarray
+    ) -> dict[int, tuple[int, float]]:
         """Match new texts (ids `first_id`, `first_id + 1`, ...) against kept ones; index the new
         kept ones. Returns {text id: (kept text id, estimated Jaccard)} for the near duplicates.
         """
-        hashes, tokens_per_text = token_hashes(texts)
-        has_tokens = tokens_per_text > 0  # only-punctuation text can only be an exact dup
         ids = first_id + np.flatnonzero(has_tokens)
-        signatures = minhash_signatures(hashes, tokens_per_text[has_tokens], self._permutations)
+        signatures = signatures[has_tokens]
         self._store_signatures(ids, signatures)
         band_keys = self._band_keys(signatures)
         filed = self._index.lookup(band_keys)
@@ -453,7 +559,7 @@ class Deduplicator(Generic[K]):
             grown = np.empty((max(2 * capacity, len(self._keys)), self.num_perm), np.uint16)
             grown[:capacity] = self._signatures
             self._signatures = grown
-        self._signatures[text_ids] = signatures.astype(np.uint16)  # keeps the low 16 bits
+        self._signatures[text_ids] = signatures
 
     def _band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """One 32-bit hash per LSH band per signature: shape (texts, bands).
@@ -461,7 +567,7 @@ class Deduplicator(Generic[K]):
         Two different bands then share a key with p = 2^-32: that only adds a candidate, which
         the Jaccard check rejects, and it halves the index.
         """
-        banded = signatures[:, : self._bands * self._rows_per_band].astype(np.uint64)
+        banded = signatures[:, : self._bands * self._rows_per_band].astype(np.uint64)  # 16-bit values
         banded = banded.reshape(len(signatures), self._bands, self._rows_per_band)
         mixed = (banded * self._band_mix).sum(axis=2, dtype=np.uint64)
         return (mixed >> np.uint64(32)).astype(np.uint32)

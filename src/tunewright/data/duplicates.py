@@ -16,11 +16,11 @@ also has a training example. No second pass over the data is needed.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tunewright.data.dedup import Deduplicator
+from tunewright.data.dedup import Deduplicator, Sketches
 from tunewright.data.example import Example
 
 DedupMode = Literal["off", "report", "exact", "near"]
@@ -39,24 +39,59 @@ class DedupResult:
     found: Counter = field(default_factory=Counter)  # "exact"/"near" -> rows found
     clusters: list[list[int]] = field(default_factory=list)  # kept id first, then duplicates
     jaccard: dict[int, float] = field(default_factory=dict)  # duplicate id -> similarity
+    sources: dict[int, str] = field(default_factory=dict)  # duplicate id -> its `file:line`
+
+
+class DuplicateFinder:
+    """Streaming deduplication of examples numbered 0, 1, 2, ... in the order they are given.
+
+    Memory holds the `Deduplicator`'s compact per-text state and, per duplicate, its id,
+    similarity and source; the examples themselves are not kept.
+    """
+
+    def __init__(self, mode: DedupMode, threshold: float) -> None:
+        self.mode = mode
+        self.result = DedupResult()
+        self.deduplicator: Deduplicator[int] | None = Deduplicator(threshold=threshold) if mode != "off" else None
+        self._next_id = 0
+
+    def keep(self, count: int, sketches: Sketches | None, source_of: Callable[[int], str]) -> list[bool]:
+        """Number the next `count` examples and decide each: False if it leaves the data.
+
+        `sketches` are the examples' `Deduplicator.sketch` (None when deduplication is off);
+        `source_of(k)` is the `file:line` of the k-th.
+        """
+        first = self._next_id
+        self._next_id += count
+        keep = [True] * count
+        if self.deduplicator is None or not count:
+            return keep
+        result, mode = self.result, self.mode
+        for k, decision in enumerate(self.deduplicator.add_sketched(list(range(first, first + count)), sketches)):
+            if decision.kind == "keep":
+                continue
+            i = first + k
+            result.found[decision.kind] += 1
+            result.jaccard[i] = decision.jaccard
+            result.sources[i] = source_of(k)
+            if mode == "near" or (mode == "exact" and decision.kind == "exact"):
+                result.removed.add(i)
+                keep[k] = False
+        return keep
+
+    def finish(self) -> DedupResult:
+        if self.deduplicator is not None:
+            self.result.clusters = self.deduplicator.clusters()
+        return self.result
 
 
 def find_duplicates(examples: list[Example], mode: DedupMode, threshold: float) -> DedupResult:
     """Deduplicate `examples` in order (ids are list positions); the first occurrence wins."""
-    result = DedupResult()
-    if mode == "off" or not examples:
-        return result
-    deduplicator: Deduplicator[int] = Deduplicator(threshold=threshold)
-    rows: Iterator[tuple[int, str]] = ((i, dedup_text(e)) for i, e in enumerate(examples))
-    for i, decision in enumerate(deduplicator.add_many(rows)):
-        if decision.keep:
-            continue
-        result.found[decision.kind] += 1
-        result.jaccard[i] = decision.jaccard
-        if mode == "near" or (mode == "exact" and decision.kind == "exact"):
-            result.removed.add(i)
-    result.clusters = deduplicator.clusters()
-    return result
+    finder = DuplicateFinder(mode, threshold)
+    if finder.deduplicator is not None and examples:
+        sketches = finder.deduplicator.sketch([dedup_text(e) for e in examples])
+        finder.keep(len(examples), sketches, lambda k: examples[k].source)
+    return finder.finish()
 
 
 @dataclass(frozen=True)

@@ -71,13 +71,20 @@ def check_turns(messages: list[Message] | tuple[Message, ...], field: str) -> tu
     return tuple(messages)
 
 
-def _messages(row: dict) -> Example:
+def _messages(row: dict, source: str = "") -> Example:
+    # One pass both builds the messages and checks the turns (`check_turns`' rules, inlined:
+    # this runs for every row). A turn problem is remembered and raised after the loop, so a
+    # type error in a later message is still the one reported, as with two passes.
     raw = row.get("messages")
     if raw is None:
         raise _missing("messages")
     if not isinstance(raw, list):
         raise RowError(f"field 'messages': expected a list, got {_type_name(raw)}", "wrong type")
+    if not raw:
+        raise RowError("field 'messages': no messages", "empty content")
     out = []
+    turn_error = None
+    previous = None  # role of the previous non-system turn
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise RowError(f"field 'messages[{i}]': expected an object, got {_type_name(m)}", "wrong type")
@@ -99,13 +106,31 @@ def _messages(row: dict) -> Example:
                 raise RowError(f"field 'messages[{i}].weight': expected a number >= 0, got {weight!r}", "wrong type")
             weight = float(weight)
         out.append(Message(role, content, weight))
-    return Example(messages=check_turns(out, "messages"))
+        if turn_error is None:
+            if not content or content.isspace():
+                turn_error = (f"field 'messages[{i}].content': empty", "empty content")
+            elif role == "system":
+                if i:
+                    turn_error = (f"field 'messages[{i}].role': 'system' is only allowed first", "roles out of order")
+            elif previous is None and role != "user":
+                turn_error = (
+                    f"field 'messages': the first non-system turn must be 'user', got '{role}'", "roles out of order"
+                )
+            elif role == previous:
+                turn_error = (f"field 'messages': two '{role}' turns in a row (roles must alternate)", "roles out of order")
+            else:
+                previous = role
+    if turn_error is not None:
+        raise RowError(*turn_error)
+    if "assistant" not in (m.role for m in out):
+        raise RowError("field 'messages': no assistant turn to learn from", "no assistant turn")
+    return Example(tuple(out), None, None, source)
 
 
 _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-def _sharegpt(row: dict) -> Example:
+def _sharegpt(row: dict, source: str = "") -> Example:
     raw = row.get("conversations")
     if raw is None:
         raise _missing("conversations")
@@ -127,34 +152,35 @@ def _sharegpt(row: dict) -> Example:
                 f"field 'conversations[{i}].value': expected text, got {_type_name(value)}", "wrong type"
             )
         out.append(Message(_SHAREGPT_ROLES[speaker], value))
-    return Example(messages=check_turns(out, "conversations"))
+    return Example(messages=check_turns(out, "conversations"), source=source)
 
 
-def _prompt_completion(row: dict) -> Example:
+def _prompt_completion(row: dict, source: str = "") -> Example:
     prompt = _text_field(row, "prompt")
     completion = _text_field(row, "completion")
-    return Example(messages=(Message("user", prompt), Message("assistant", completion)))
+    return Example(messages=(Message("user", prompt), Message("assistant", completion)), source=source)
 
 
-def _alpaca(row: dict) -> Example:
+def _alpaca(row: dict, source: str = "") -> Example:
     instruction = _text_field(row, "instruction")
     extra = _text_field(row, "input", required=False)
     output = _text_field(row, "output")
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
-    return Example(messages=(Message("user", prompt), Message("assistant", output)))
+    return Example(messages=(Message("user", prompt), Message("assistant", output)), source=source)
 
 
-def _text(row: dict) -> Example:
-    return Example(text=_text_field(row, "text"))
+def _text(row: dict, source: str = "") -> Example:
+    return Example(text=_text_field(row, "text"), source=source)
 
 
-def _text_label(row: dict) -> Example:
+def _text_label(row: dict, source: str = "") -> Example:
     text = _text_field(row, "text")
     label = _text_field(row, "label").strip()
-    return Example(messages=(Message("user", text), Message("assistant", label)), label=label)
+    return Example(messages=(Message("user", text), Message("assistant", label)), label=label, source=source)
 
 
-NORMALISERS: dict[str, Callable[[dict], Example]] = {
+# Each takes a row (a dict) and its `file:line`, and returns the example or raises RowError.
+NORMALISERS: dict[str, Callable[[dict, str], Example]] = {
     "messages": _messages,
     "sharegpt": _sharegpt,
     "prompt_completion": _prompt_completion,

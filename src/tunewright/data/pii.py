@@ -255,6 +255,11 @@ class PiiRedactor:
         self._detectors = tuple(detectors)
         self._always_scan = any(detector.needs == "nothing" for detector in detectors)
 
+    @property
+    def scans_every_text(self) -> bool:
+        """False when only texts with a digit or "@" can hold PII (no user patterns)."""
+        return self._always_scan
+
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         """Return `text` with PII replaced by `[TYPE]`, and how many of each type were replaced."""
         counts: Counter[str] = Counter()

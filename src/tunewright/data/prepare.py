@@ -6,6 +6,12 @@ deduplicate (`duplicates.py`) -> split, checking each selected example's token l
 model's tokenizer and chat template (`split.py`, `token_stats.py`) -> leakage check -> write
 (`store.py`, `card.py`).
 
+Memory stays bounded however large the input: examples stream through collection and
+deduplication in batches and are parked in an uncompressed Arrow spool next to the output;
+splitting needs only their ids and label/group codes; the splits are then written by streaming
+the spool, row group by row group. What grows with the data is the deduplicator's compact index
+(a few hundred bytes per distinct text, see `dedup.py`) and a few bytes per example for the split.
+
 Nothing is silently dropped: every row that cannot be used is written to `quarantine.jsonl`
 with its `file:line`, field and reason, duplicates are listed in `duplicates.jsonl`, and the
 summary accounts for every row: rows_read + chunks_added = quarantined + duplicates removed +
@@ -18,29 +24,37 @@ The dataset folder holds `{train,val,test}.parquet`, `quarantine.jsonl`, `duplic
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+from array import array
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
 from tunewright.config import RunConfig
-from tunewright.data.collect import Collected, Collector, gc_paused
-from tunewright.data.duplicates import DedupResult, find_duplicates, find_leaks
+from tunewright.data.batches import GC_EVERY_BATCHES, Batch, load_tokenizer, make_batches
+from tunewright.data.collect import Collected, gc_paused
+from tunewright.data.duplicates import DedupResult, DuplicateFinder, find_leaks
 from tunewright.data.example import Example
-from tunewright.data.quarantine import Quarantined, RowError
-from tunewright.data.split import split_ids
+from tunewright.data.quarantine import Quarantined, QuarantineLog, RowError
+from tunewright.data.split import SplitIds, Units, order_streams, take_splits
 from tunewright.data.store import (
+    SplitWriter,
+    Spool,
+    commit,
     files_under,
     read_split,
     sha256_file,
+    temporary_path,
     write_json,
     write_jsonl,
-    write_split,
 )
 from tunewright.errors import DataError
 
@@ -48,17 +62,44 @@ SPLITS = ("train", "val", "test")
 _LEAKS_LISTED = 20
 
 
-@dataclass
 class PreparedDataset:
-    folder: Path
-    train: list[Example]
-    val: list[Example]
-    test: list[Example]
-    labels: list[str] | None  # the label set when the task is classification
-    summary: dict = field(default_factory=dict)
+    """A prepared dataset folder. Splits not given are read from its Parquet files on first
+    use, so preparing a large dataset never holds all its examples in memory."""
+
+    def __init__(
+        self,
+        folder: Path,
+        train: list[Example] | None = None,
+        val: list[Example] | None = None,
+        test: list[Example] | None = None,
+        labels: list[str] | None = None,  # the label set when the task is classification
+        summary: dict | None = None,
+    ) -> None:
+        self.folder = folder
+        self.labels = labels
+        self.summary = summary if summary is not None else {}
+        given = {"train": train, "val": val, "test": test}
+        self._splits: dict[str, list[Example]] = {name: split for name, split in given.items() if split is not None}
+
+    @property
+    def train(self) -> list[Example]:
+        return self.split("train")
+
+    @property
+    def val(self) -> list[Example]:
+        return self.split("val")
+
+    @property
+    def test(self) -> list[Example]:
+        return self.split("test")
 
     def split(self, name: str) -> list[Example]:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
+        if name not in SPLITS:
+            raise KeyError(name)
+        if name not in self._splits:
+            path = self.folder / f"{name}.parquet"
+            self._splits[name] = read_split(path if path.is_file() else self.folder / f"{name}.jsonl")
+        return self._splits[name]
 
 
 def prepare(
@@ -72,90 +113,286 @@ def prepare(
     console = console or Console(stderr=True)
     if not cfg.data.train_files:
         raise DataError("data.train_files is empty: name at least one training file in the recipe")
-    with gc_paused():  # every stage builds or walks millions of small objects on big inputs
-        return _prepare(cfg, strict, console, tokens)
+    folder = cfg.run_dir / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    spool = temporary_path(folder / "spool.arrow")
+    quarantine = QuarantineLog(temporary_path(folder / "quarantine.jsonl"))
+    try:
+        with gc_paused():  # every stage builds or walks millions of small objects on big inputs
+            return _prepare(cfg, strict, console, tokens, folder, Spool(spool), quarantine)
+    finally:
+        quarantine.close()
+        quarantine.path.unlink(missing_ok=True)
+        spool.unlink(missing_ok=True)
 
 
-def _prepare(cfg: RunConfig, strict: bool, console: Console, tokens: bool) -> PreparedDataset:
+class _SplitKeys:
+    """Per example id, what splitting and the summary need: a label code (-1: no label) and,
+    with `data.group_by`, a group code. A few bytes an example instead of the example."""
+
+    def __init__(self, grouped: bool) -> None:
+        self.label_code: dict[str, int] = {}
+        self.group_code: dict[str, int] | None = {} if grouped else None
+        self._labels = array("i")
+        self._groups = array("q")
+
+    def add(self, labels: list[str | None], groups: list[str] | None) -> None:
+        codes = self.label_code
+        self._labels.extend([-1 if label is None else codes.setdefault(label, len(codes)) for label in labels])
+        if self.group_code is not None:
+            group_codes = self.group_code
+            self._groups.extend([group_codes.setdefault(group, len(group_codes)) for group in groups or ()])
+
+    def labels(self) -> np.ndarray:
+        return np.frombuffer(self._labels, np.int32) if len(self._labels) else np.zeros(0, np.int32)
+
+    def label_names(self) -> list[str]:
+        return list(self.label_code)  # code -> name
+
+    def label_ranks(self) -> np.ndarray:
+        """Label codes renumbered so that sorting them sorts the label names."""
+        names = self.label_names()
+        rank = np.zeros(len(names) + 1, np.int32)
+        rank[:-1][np.argsort(np.array(names, dtype=object))] = np.arange(len(names), dtype=np.int32)
+        rank[-1] = -1  # code -1 (no label) indexes the last entry
+        return rank[self.labels()]
+
+    def groups(self) -> np.ndarray | None:
+        if self.group_code is None:
+            return None
+        return np.frombuffer(self._groups, np.int64) if len(self._groups) else np.zeros(0, np.int64)
+
+
+def _prepare(
+    cfg: RunConfig, strict: bool, console: Console, tokens: bool, folder: Path, spool: Spool, quarantine: QuarantineLog
+) -> PreparedDataset:
     dc = cfg.data
-    tokenizer = cache(lambda: _load_tokenizer(cfg))
-    chunker = cache(lambda: _text_chunker(tokenizer(), dc.max_seq_len))
-    collector = Collector(dc, strict=strict, chunker=lambda e: chunker().chunk(e))
-    held = collector.collect([cfg.resolve_path(p) for p in dc.test_files])
-    pool = collector.collect([cfg.resolve_path(p) for p in dc.train_files])
-    examples = held.examples + pool.examples
-    quarantine = held.quarantine + pool.quarantine
-    duplicates = find_duplicates(examples, dc.dedup, dc.dedup_threshold)
-    pool_ids = [i for i in range(len(held.examples), len(examples)) if i not in duplicates.removed]
-    held_ids = [i for i in range(len(held.examples)) if i not in duplicates.removed]
-    if not pool_ids:
-        first = f"first problem: {quarantine[0].location}: {quarantine[0].reason}" if quarantine else "the files are empty"
-        raise DataError(f"no usable training rows: {first}")
+    tokenizer = cache(lambda: load_tokenizer(cfg))
+    parked = _collect_and_deduplicate(cfg, strict, tokenizer, spool, quarantine)
+    held, pool, duplicates, keys = parked.held, parked.pool, parked.duplicates, parked.keys
+    held_ids, pool_ids = parked.held_ids, parked.pool_ids
+    if not len(pool_ids):
+        first = quarantine.first[0] if quarantine.first else None
+        why = f"first problem: {first.location}: {first.reason}" if first else "the files are empty"
+        raise DataError(f"no usable training rows: {why}")
 
+    # Pass 2: split (reading back only the examples whose token length must be checked).
+    units = order_streams(pool_ids, held_ids, dc, labels=keys.label_ranks(), groups=keys.groups())
     meter = _token_meter(cfg, tokenizer()) if tokens else None
-
-    def accept(i: int, split: str) -> bool:
-        if meter is None:
-            return True
-        try:
-            meter.measure(examples[i], split)
-            return True
-        except RowError as e:
-            quarantine.append(Quarantined(examples[i].source, str(e), e.problem))
-            if strict:
-                raise DataError(f"{examples[i].source}: {e} (strict mode: stopping at the first bad row)") from None
-            return False
-
-    ids = split_ids(examples, pool_ids, held_ids, dc, accept)
-    if not ids.train:
-        why = f"last problem: {quarantine[-1].location}: {quarantine[-1].reason}" if quarantine else (
+    ids = _split_with_token_check(units, dc, meter, spool, quarantine, strict) if meter else take_splits(*units, dc, None)
+    if not len(ids.train):
+        last = quarantine.last
+        why = f"last problem: {last.location}: {last.reason}" if last else (
             f"all {len(pool_ids)} usable row(s) went to validation and test; add rows or lower the fractions"
         )
         raise DataError(f"no usable training rows: {why}")
-    splits = {name: [examples[i] for i in getattr(ids, name)] for name in SPLITS}
-    split_of = {i: name for name in SPLITS for i in getattr(ids, name)}
-    leaks = find_leaks(duplicates.clusters, split_of)
+    split_code = np.full(parked.examples, -1, np.int8)
+    for code, name in enumerate(SPLITS):
+        split_code[getattr(ids, name)] = code
 
-    all_labelled = all(e.label is not None for e in [*splits["train"], *splits["test"]])
-    labels = sorted({e.label for e in splits["train"]} | {e.label for e in splits["test"]}) if all_labelled else None
+    # Pass 3: write the splits, streaming the spool once more. The folder is incomplete until
+    # summary.json is written again.
+    (folder / "summary.json").unlink(missing_ok=True)
+    sizes = _write_splits(folder, spool, split_code)
+    members = [i for cluster in duplicates.clusters for i in cluster]
+    split_of = {i: SPLITS[split_code[i]] for i in members if split_code[i] >= 0}
+    leaks = find_leaks(duplicates.clusters, split_of)
+    source_of = {**duplicates.sources, **_spooled_sources(spool, [c[0] for c in duplicates.clusters])}
+
+    labels, label_counts = _label_summary(keys, ids)
     rows_in = held.rows_read + pool.rows_read + held.chunks_added + pool.chunks_added
+    selected = sum(sizes.values())
     summary = {
         "rows_read": held.rows_read + pool.rows_read,
         "chunks_added": held.chunks_added + pool.chunks_added,
         "quarantined": len(quarantine),
-        "quarantined_by_reason": dict(Counter(q.problem for q in quarantine).most_common()),
+        "quarantined_by_reason": dict(quarantine.by_problem.most_common()),
         "duplicates_removed": len(duplicates.removed),
-        "not_used_after_sampling": rows_in - len(quarantine) - len(duplicates.removed) - len(split_of),
-        "splits": {name: len(v) for name, v in splits.items()},
+        "not_used_after_sampling": rows_in - len(quarantine) - len(duplicates.removed) - selected,
+        "splits": sizes,
         "labels": labels,
-        "label_counts": {n: dict(Counter(e.label for e in v).most_common()) for n, v in splits.items()} if labels else None,
+        "label_counts": label_counts,
         "duplicates": {
             "mode": dc.dedup, "threshold": dc.dedup_threshold, "found": dict(duplicates.found),
             "clusters": len(duplicates.clusters),
         },
-        "leakage": _leakage_summary(leaks, examples, dc.dedup),
+        "leakage": _leakage_summary(leaks, source_of, dc.dedup),
         "cleaning": {"steps": list(dc.clean), "rows_changed": held.rows_cleaned + pool.rows_cleaned},
         "pii": {"types": list(dc.pii_redact) + list(dc.pii_patterns), "redacted": _merged(held.pii, pool.pii)},
         "tokens": meter.summary() if meter else None,
         "sources": held.sources + pool.sources,
         "skipped_files": held.skipped_files + pool.skipped_files,
     }
-    folder = cfg.run_dir / "data"
-    _write_folder(folder, cfg, splits, quarantine, duplicates, examples, summary, [held, pool])
+    quarantine.close()
+    commit(quarantine.path, folder / "quarantine.jsonl")
+    write_jsonl(folder / "duplicates.jsonl", _duplicate_rows(duplicates, source_of))
+    _write_folder(folder, cfg, summary, [held, pool])
     _report(console, folder, summary, quarantine)
-    return PreparedDataset(folder, splits["train"], splits["val"], splits["test"], labels, summary)
+    return PreparedDataset(folder, labels=labels, summary=summary)
 
 
-def _load_tokenizer(cfg: RunConfig):
-    from tunewright.models import load_tokenizer
+@dataclass
+class _Parked:
+    """What pass 1 leaves besides the spool: counts, kept example ids, duplicates, split keys."""
 
-    return load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    held: Collected  # rows of data.test_files
+    pool: Collected  # rows of data.train_files
+    held_ids: np.ndarray  # kept example ids (int64), in input order
+    pool_ids: np.ndarray
+    examples: int  # example ids run from 0 to this (duplicates removed included)
+    duplicates: DedupResult
+    keys: _SplitKeys
 
 
-def _text_chunker(tokenizer, max_seq_len: int):
-    from tunewright.data.chunk import TextChunker
+def _collect_and_deduplicate(cfg: RunConfig, strict: bool, tokenizer, spool: Spool, quarantine: QuarantineLog) -> _Parked:
+    """Pass 1, streaming: collect (in worker processes for large JSONL files), deduplicate, and
+    park the kept examples in the spool; test files first, so a training row that repeats a
+    test row is the one removed."""
+    dc = cfg.data
+    finder = DuplicateFinder(dc.dedup, dc.dedup_threshold)
+    keys = _SplitKeys(dc.group_by is not None)
+    held, pool = Collected(quarantine=quarantine), Collected(quarantine=quarantine)  # type: ignore[arg-type]
+    kept_ids: list[np.ndarray] = []
+    next_id = batches_done = 0
+    for collected, paths in ((held, dc.test_files), (pool, dc.train_files)):
+        part: list[np.ndarray] = []
+        for batch in make_batches(cfg, strict, [cfg.resolve_path(p) for p in paths], collected, tokenizer):
+            collected.rows_read += batch.rows_read
+            collected.rows_cleaned += batch.rows_cleaned
+            collected.chunks_added += batch.chunks_added
+            collected.pii.update(batch.pii)
+            for entry in batch.quarantine:
+                quarantine.append(entry)
+            keep = np.asarray(finder.keep(len(batch), batch.sketches, batch.source), bool)
+            kept = np.flatnonzero(keep)
+            if dc.split == "stratified":
+                _check_labelled(batch, kept)
+            keys.add(batch.labels, batch.groups)
+            ids = next_id + kept
+            spool.write(ids, batch.table if len(kept) == len(batch) else batch.table.filter(keep))
+            part.append(ids)
+            next_id += len(batch)
+            batches_done += 1
+            if batches_done % GC_EVERY_BATCHES == 0:
+                gc.collect()  # the collector is paused (see `gc_paused`): clear any cycles now and then
+        kept_ids.append(np.concatenate(part) if part else np.zeros(0, np.int64))
+    spool.close()
+    return _Parked(held, pool, kept_ids[0], kept_ids[1], next_id, finder.finish(), keys)
 
-    return TextChunker(tokenizer, max_seq_len)
+
+def _check_labelled(batch: Batch, kept: np.ndarray) -> None:
+    for k in kept.tolist():
+        if batch.labels[k] is None:
+            raise DataError(
+                f"{batch.source(k)}: data.split is 'stratified' but this row has no "
+                "label; stratifying needs text+label data (or use data.split: random)"
+            )
+
+
+class _Unmeasured(Exception):
+    """An example was offered that has not been read back and measured yet."""
+
+
+def _split_with_token_check(
+    units: tuple[Units, Units], dc, meter, spool: Spool, quarantine: QuarantineLog, strict: bool
+) -> SplitIds:
+    """Split, offering each example to the token-length check as it is taken.
+
+    Only the front of each take order can be offered, so only that is read back from the spool
+    and measured: all of it without `data.max_train_examples`, a little more than the quotas with
+    it (doubled and retried in the rare case rejections use up the margin)."""
+    pool_units, held_units = units
+    measured: dict[int, tuple[int, int] | Quarantined] = {}
+
+    def probe(i: int, split: str) -> bool:
+        result = measured.get(i)
+        if result is None:
+            raise _Unmeasured
+        return not isinstance(result, Quarantined)
+
+    def accept(i: int, split: str) -> bool:
+        result = measured[i]
+        if isinstance(result, Quarantined):
+            quarantine.append(result)
+            if strict:
+                raise DataError(f"{result.location}: {result.reason} (strict mode: stopping at the first bad row)")
+            return False
+        meter.record(split, *result)
+        return True
+
+    n_pool, n_held = len(pool_units), len(held_units)
+    if dc.max_train_examples is None:
+        front_pool = n_pool
+    else:
+        n_test = 0 if n_held else round(n_pool * dc.test_fraction) + 1
+        front_pool = int(1.05 * (dc.max_train_examples * (1 + dc.val_fraction) + n_test)) + 64
+    front_held = n_held if dc.max_test_examples is None else int(1.05 * dc.max_test_examples) + 64
+    while True:
+        wanted = np.concatenate([pool_units.order[:front_pool], held_units.order[:front_held]])
+        wanted = wanted[~np.isin(wanted, np.fromiter(measured, np.int64, len(measured)))]
+        for i, example in spool.examples(wanted):
+            try:
+                measured[i] = meter.encode(example)
+            except RowError as e:
+                measured[i] = Quarantined(example.source, str(e), e.problem)
+        try:
+            take_splits(pool_units, held_units, dc, probe)
+            break
+        except _Unmeasured:
+            front_pool, front_held = 2 * front_pool, 2 * front_held
+    return take_splits(pool_units, held_units, dc, accept)
+
+
+def _write_splits(folder: Path, spool: Spool, split_code: np.ndarray) -> dict[str, int]:
+    """Route every spooled example to its split's file (in input order); returns the sizes."""
+    writers = {name: SplitWriter(folder / f"{name}.parquet") for name in SPLITS}
+    try:
+        for table in spool.tables():
+            codes = split_code[table.column("id").to_numpy()]
+            rows = table.drop_columns(["id"])
+            for code, name in enumerate(SPLITS):
+                mask = codes == code
+                if mask.any():
+                    writers[name].write(rows.filter(mask))
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    for writer in writers.values():
+        writer.close()
+    return {name: writer.rows for name, writer in writers.items()}
+
+
+def _spooled_sources(spool: Spool, ids: list[int]) -> dict[int, str]:
+    """`file:line` of the given spooled examples."""
+    if not ids:
+        return {}
+    wanted = np.asarray(ids, np.int64)
+    sources: dict[int, str] = {}
+    for table in spool.tables(["id", "source"]):
+        mask = np.isin(table.column("id").to_numpy(), wanted)
+        if mask.any():
+            picked = table.filter(mask)
+            sources.update(zip(picked.column("id").to_pylist(), picked.column("source").to_pylist(), strict=True))
+    return sources
+
+
+def _label_summary(keys: _SplitKeys, ids: SplitIds) -> tuple[list[str] | None, dict | None]:
+    """The label set (when every train and test example has a label) and counts per split."""
+    codes = keys.labels()
+    names = keys.label_names()
+    if not len(codes):
+        return None, None
+    train_test = np.concatenate([codes[ids.train], codes[ids.test]])
+    if len(train_test) == 0 or train_test.min() < 0:
+        return None, None
+    labels = sorted({names[c] for c in np.unique(train_test).tolist()})
+    counts = {}
+    for name in SPLITS:
+        found, n = np.unique(codes[getattr(ids, name)], return_counts=True)
+        pairs = sorted(zip(n.tolist(), (names[c] for c in found.tolist())), key=lambda p: (-p[0], p[1]))
+        counts[name] = {label: count for count, label in pairs}
+    return labels, counts
 
 
 def _token_meter(cfg: RunConfig, tokenizer):
@@ -169,7 +406,7 @@ def _merged(*counters: Counter) -> dict:
     return dict(sum(counters, Counter()).most_common())
 
 
-def _leakage_summary(leaks, examples: list[Example], mode: str) -> dict:
+def _leakage_summary(leaks, source_of: dict[int, str], mode: str) -> dict:
     if mode == "off":
         return {"checked": False, "note": "data.dedup is off, so leakage was not checked"}
     return {
@@ -177,31 +414,27 @@ def _leakage_summary(leaks, examples: list[Example], mode: str) -> dict:
         "val": sum(leak.split == "val" for leak in leaks),
         "test": sum(leak.split == "test" for leak in leaks),
         "examples": [
-            {"split": leak.split, "source": examples[leak.example].source, "train_source": examples[leak.train_example].source}
+            {"split": leak.split, "source": source_of[leak.example], "train_source": source_of[leak.train_example]}
             for leak in leaks[:_LEAKS_LISTED]
         ],
     }
 
 
-def _duplicate_rows(duplicates: DedupResult, examples: list[Example]):
+def _duplicate_rows(duplicates: DedupResult, source_of: dict[int, str]) -> Iterator[dict]:
     for cluster in duplicates.clusters:
         yield {
-            "kept": examples[cluster[0]].source,
+            "kept": source_of[cluster[0]],
             "duplicates": [
-                {"source": examples[i].source, "jaccard": round(duplicates.jaccard[i], 3), "removed": i in duplicates.removed}
+                {"source": source_of[i], "jaccard": round(duplicates.jaccard[i], 3), "removed": i in duplicates.removed}
                 for i in cluster[1:]
             ],
         }
 
 
-def _write_folder(folder, cfg, splits, quarantine, duplicates, examples, summary, collected: list[Collected]) -> None:
+def _write_folder(folder: Path, cfg: RunConfig, summary: dict, collected: list[Collected]) -> None:
+    """The manifest, the card and, last, the summary (the splits and side files are written)."""
     from tunewright.data.card import write_card
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        write_split(folder / f"{name}.parquet", split)
-    write_jsonl(folder / "quarantine.jsonl", (q.to_json() for q in quarantine))
-    write_jsonl(folder / "duplicates.jsonl", _duplicate_rows(duplicates, examples))
     manifest = _manifest(cfg, folder, [s["path"] for c in collected for s in c.sources])
     write_json(folder / "manifest.json", manifest)
     summary["input_hash"] = manifest["inputs"]["hash"]
@@ -233,7 +466,7 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _report(console: Console, folder: Path, summary: dict, quarantine: list[Quarantined]) -> None:
+def _report(console: Console, folder: Path, summary: dict, quarantine: QuarantineLog) -> None:
     for source in summary["sources"]:
         if "note" in source:
             console.print(f"[yellow]note:[/] {escape(source['path'])}: {escape(source['note'])}")
@@ -241,7 +474,7 @@ def _report(console: Console, folder: Path, summary: dict, quarantine: list[Quar
         console.print(f"[yellow]{len(summary['skipped_files'])} file(s) skipped[/] (no reader): {escape(', '.join(summary['skipped_files'][:5]))}")
     if quarantine:
         console.print(f"[yellow]{len(quarantine)} row(s) quarantined[/] (see {escape(str(folder / 'quarantine.jsonl'))}):")
-        for q in quarantine[:5]:
+        for q in quarantine.first:
             console.print(f"  {escape(q.location)}: {escape(q.reason)}")
     found = summary["duplicates"]["found"]
     if found:
@@ -259,12 +492,8 @@ def _report(console: Console, folder: Path, summary: dict, quarantine: list[Quar
 
 
 def load_prepared(folder: Path) -> PreparedDataset:
-    """Read back a dataset folder written by `prepare`."""
+    """Open a dataset folder written by `prepare` (its splits are read on first use)."""
     if not (folder / "summary.json").is_file():
         raise DataError(f"{folder} is not a prepared dataset (no summary.json); run `tunewright prepare` first")
-    splits = {}
-    for name in SPLITS:
-        path = folder / f"{name}.parquet"
-        splits[name] = read_split(path if path.is_file() else folder / f"{name}.jsonl")
     summary = json.loads((folder / "summary.json").read_text())
-    return PreparedDataset(folder, splits["train"], splits["val"], splits["test"], summary["labels"], summary)
+    return PreparedDataset(folder, labels=summary["labels"], summary=summary)

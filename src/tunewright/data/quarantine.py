@@ -7,7 +7,10 @@ reason (which names the field).
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Problem = Literal[
@@ -46,3 +49,31 @@ class Quarantined:
         # `problem` is derivable from the reason and counted in the summary; the file stays
         # two keys a person reads at a glance.
         return {"location": self.location, "reason": self.reason}
+
+
+class QuarantineLog:
+    """Quarantined rows written to a JSONL file as they are found, so memory stays bounded
+    however many rows are bad; keeps the counts by problem and the first and last entries for
+    messages. `append` is the same call as on a list, so collection can use either."""
+
+    _KEPT = 5  # entries kept for the console report and error messages
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("w", encoding="utf-8")
+        self.by_problem: Counter[str] = Counter()
+        self.first: list[Quarantined] = []
+        self.last: Quarantined | None = None
+
+    def append(self, entry: Quarantined) -> None:
+        self._file.write(json.dumps(entry.to_json(), ensure_ascii=False) + "\n")
+        self.by_problem[entry.problem] += 1
+        if len(self.first) < self._KEPT:
+            self.first.append(entry)
+        self.last = entry
+
+    def __len__(self) -> int:
+        return self.by_problem.total()
+
+    def close(self) -> None:
+        self._file.close()

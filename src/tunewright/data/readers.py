@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import json.scanner
 import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,7 @@ _JSON_MAX_ITEM_CHARS = 64 << 20  # one row bigger than this is a broken file, no
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _SURROGATE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of invalid UTF-8 bytes
 _DECODER = json.JSONDecoder()
+_SCAN_ONCE = json.scanner.make_scanner(_DECODER)  # (text, index) -> (value, end); the C one
 
 
 class Row(NamedTuple):  # a tuple, not a dataclass: one is made per input row
@@ -42,24 +44,36 @@ class Row(NamedTuple):  # a tuple, not a dataclass: one is made per input row
 def read_jsonl(path: Path) -> Iterator[Row]:
     """One JSON object per line; blank lines are skipped."""
     with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if raw.isspace():
-                continue
-            loc = f"{path}:{line_no}"
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield Row(loc, None, f"invalid UTF-8 at byte {e.start} of the line", "invalid UTF-8")
+        yield from jsonl_rows(f, f"{path}:", 1)
+
+
+def jsonl_rows(lines: Iterable[bytes], prefix: str, first_line: int) -> Iterator[Row]:
+    """Rows of JSONL lines (with or without their newline), located `{prefix}{line number}`."""
+    scan = _SCAN_ONCE
+    for line_no, raw in enumerate(lines, start=first_line):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Row(f"{prefix}{line_no}", None, f"invalid UTF-8 at byte {e.start} of the line", "invalid UTF-8")
+            continue
+        # The C scanner straight away (json.loads adds two Python calls a line); anything but
+        # one value then blank space goes through json.loads for its exact error.
+        try:
+            value, end = scan(text, 0)
+            if end != len(text) and not text[end:].isspace():
+                raise ValueError
+        except (StopIteration, ValueError):
+            if not text or text.isspace():
                 continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as e:
-                yield Row(loc, None, f"broken JSON: {e.msg} at column {e.colno}", "broken JSON")
+                yield Row(f"{prefix}{line_no}", None, f"broken JSON: {e.msg} at column {e.colno}", "broken JSON")
                 continue
-            if not isinstance(value, dict):
-                yield Row(loc, None, f"expected a JSON object, got {_json_type(value)}", "not an object")
-                continue
-            yield Row(loc, value)
+        if type(value) is not dict:
+            yield Row(f"{prefix}{line_no}", None, f"expected a JSON object, got {_json_type(value)}", "not an object")
+            continue
+        yield Row(f"{prefix}{line_no}", value)
 
 
 def _json_type(value: object) -> str:

@@ -1,6 +1,6 @@
 """Split examples into train / validation / test, deterministically from `data.seed`.
 
-Examples are first put in an order, as a list of *units*:
+Examples are first put in an order, as a sequence of *units*:
 - `random`: every example its own unit, shuffled;
 - `stratified`: the k-th of a label's n examples (shuffled within the label) sorts at
   (k + u) / n, u uniform in [0, 1): every stretch of this order holds each label in about its
@@ -13,17 +13,21 @@ example is offered to `accept` before it is taken (preparation checks its token 
 so a rejected example is replaced by the next one and the quotas are still met. When a group
 does not fit the rest of a quota, its remaining examples are left unused rather than spilled
 into the next split. Examples never reached are unused ("not used after sampling").
+
+Only example ids and, per id, a label code or group code are needed (numpy arrays, a few bytes
+an example), never the examples: preparation streams them and splits a million rows in memory
+it can spare. With `accept=None` every example is accepted and whole stretches are taken at once.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from tunewright.config import DataConfig
-from tunewright.data.example import Example
 from tunewright.errors import DataError
 
 Accept = Callable[[int, str], bool]  # (example id, split name) -> usable
@@ -31,75 +35,141 @@ Accept = Callable[[int, str], bool]  # (example id, split name) -> usable
 
 @dataclass
 class SplitIds:
-    train: list[int]
-    val: list[int]
-    test: list[int]
+    train: np.ndarray  # example ids, int64, in the order they were taken
+    val: np.ndarray
+    test: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SplitIds) and all(
+            np.array_equal(getattr(self, name), getattr(other, name)) for name in ("train", "val", "test")
+        )
+
+
+@dataclass
+class Units:
+    """Example ids in the order splits take them; unit k is `order[starts[k]:starts[k + 1]]`,
+    or every id is its own unit when `starts` is None."""
+
+    order: np.ndarray
+    starts: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 class _Stream:
-    def __init__(self, units: list[list[int]]) -> None:
+    def __init__(self, units: Units) -> None:
         self.units = units
-        self.next_unit = 0
-        self.consumed = 0  # examples in units already taken from
+        self.position = 0  # in `units.order`: examples before it were offered or skipped
 
-    def take(self, quota: float, split: str, accept: Accept) -> list[int]:
+    @property
+    def consumed(self) -> int:
+        return self.position
+
+    def take(self, quota: float, split: str, accept: Accept | None) -> np.ndarray:
+        order, starts = self.units.order, self.units.starts
+        if starts is None and accept is None:  # every id its own unit, all accepted: a slice
+            n = int(min(quota, len(order) - self.position))
+            taken = order[self.position : self.position + n]
+            self.position += n
+            return taken
         taken: list[int] = []
-        while len(taken) < quota and self.next_unit < len(self.units):
-            unit = self.units[self.next_unit]
-            self.next_unit += 1
-            self.consumed += len(unit)
-            for i in unit:
+        while len(taken) < quota and self.position < len(order):
+            if starts is None:
+                unit_end = self.position + 1
+            else:  # the next unit starts at the first start after the position
+                k = int(np.searchsorted(starts, self.position, side="right"))
+                unit_end = int(starts[k]) if k < len(starts) else len(order)
+            for i in order[self.position : unit_end].tolist():
                 if len(taken) >= quota:
                     break  # the rest of this group stays unused
-                if accept(i, split):
+                if accept is None or accept(i, split):
                     taken.append(i)
-        return taken
+            self.position = unit_end
+        return np.asarray(taken, np.int64)
 
 
-def order_units(examples: list[Example], ids: list[int], how: str, rng: random.Random) -> list[list[int]]:
-    """`ids` as a list of units in the order splits take them (see the module docstring)."""
+def order_units(
+    ids: np.ndarray,
+    how: str,
+    rng: np.random.Generator,
+    labels: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+) -> Units:
+    """`ids` as units in the order splits take them (see the module docstring).
+
+    `labels[i]` is example i's label code, ranked so that sorting codes sorts the label names
+    (-1: no label); `groups[i]` its group code. Only the one the split kind needs is read.
+    """
+    ids = np.asarray(ids, np.int64)
     if how == "group":
-        groups: dict[str, list[int]] = {}
-        for i in ids:
-            groups.setdefault(examples[i].meta["group"], []).append(i)
-        units = list(groups.values())
-        rng.shuffle(units)
-        return units
+        if groups is None:
+            raise DataError("data.split is 'group' but no group values were collected; set data.group_by")
+        codes = groups[ids]
+        distinct, group_of = np.unique(codes, return_inverse=True)
+        rank = rng.permutation(len(distinct))[group_of]  # each group's place in the shuffle
+        order = np.lexsort((ids, rank))
+        ranked = rank[order]
+        starts = np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1]))) if len(ids) else ranked
+        return Units(ids[order], starts)
     if how == "stratified":
-        by_label: dict[str, list[int]] = {}
-        for i in ids:
-            label = examples[i].label
-            if label is None:
-                raise DataError(
-                    f"{examples[i].source}: data.split is 'stratified' but this row has no label; "
-                    "stratifying needs text+label data (or use data.split: random)"
-                )
-            by_label.setdefault(label, []).append(i)
-        keyed = []
-        for label in sorted(by_label):
-            members = by_label[label]
-            rng.shuffle(members)
-            keyed += [((k + rng.random()) / len(members), i) for k, i in enumerate(members)]
-        keyed.sort()
-        return [[i] for _, i in keyed]
-    shuffled = list(ids)
-    rng.shuffle(shuffled)
-    return [[i] for i in shuffled]
+        if labels is None or (len(ids) and labels[ids].min() < 0):
+            missing = int(ids[labels[ids] < 0][0]) if labels is not None else int(ids[0])
+            raise DataError(
+                f"example {missing}: data.split is 'stratified' but this row has no label; "
+                "stratifying needs text+label data (or use data.split: random)"
+            )
+        codes = labels[ids]
+        members_of = [ids[codes == code] for code in np.unique(codes)]  # sorted: by label name
+        keyed_ids, keys = [], []
+        for members in members_of:
+            keyed_ids.append(rng.permutation(members))
+            keys.append((np.arange(len(members)) + rng.random(len(members))) / len(members))
+        keyed = np.concatenate(keyed_ids) if keyed_ids else ids
+        key = np.concatenate(keys) if keys else np.zeros(0)
+        return Units(keyed[np.lexsort((keyed, key))])
+    return Units(rng.permutation(ids))
 
 
 def split_ids(
-    examples: list[Example], pool: list[int], held_out: list[int], dc: DataConfig, accept: Accept
+    pool: np.ndarray,
+    held_out: np.ndarray,
+    dc: DataConfig,
+    accept: Accept | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> SplitIds:
     """Assign example ids to splits; `pool` are training rows, `held_out` rows of test files."""
-    rng = random.Random(dc.seed)
-    stream = _Stream(order_units(examples, pool, dc.split, rng))
+    pool_units, held_units = order_streams(pool, held_out, dc, labels=labels, groups=groups)
+    return take_splits(pool_units, held_units, dc, accept)
+
+
+def order_streams(
+    pool: np.ndarray,
+    held_out: np.ndarray,
+    dc: DataConfig,
+    *,
+    labels: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+) -> tuple[Units, Units]:
+    """The take order of the training rows and of the held-out rows (seeded by `data.seed`)."""
+    rng = np.random.default_rng(dc.seed)
+    pool_units = order_units(pool, dc.split, rng, labels, groups)
+    held_units = order_units(held_out, dc.split, rng, labels, groups)
+    return pool_units, held_units
+
+
+def take_splits(pool_units: Units, held_units: Units, dc: DataConfig, accept: Accept | None) -> SplitIds:
+    """Fill the test, validation and train quotas from the ordered streams."""
+    stream = _Stream(pool_units)
     max_test = dc.max_test_examples or math.inf
-    if held_out:
-        test = _Stream(order_units(examples, held_out, dc.split, rng)).take(max_test, "test", accept)
+    if len(held_units):
+        test = _Stream(held_units).take(max_test, "test", accept)
     else:
-        n_test = max(1, round(len(pool) * dc.test_fraction))
+        n_test = max(1, round(len(pool_units) * dc.test_fraction))
         test = stream.take(min(n_test, max_test), "test", accept)
-    remaining = len(pool) - stream.consumed
+    remaining = len(pool_units) - stream.consumed
     max_train = dc.max_train_examples
     if max_train is not None and remaining >= max_train + round(max_train * dc.val_fraction):
         n_val = round(max_train * dc.val_fraction)

@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 
 from tunewright.data.example import Example, Message
@@ -39,15 +40,25 @@ def _schema():
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed onto `path`."""
-    # unique per writer: two processes preparing the same folder must not share a temporary file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_path(path)
     try:
         yield tmp
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden temporary name next to `path`, unique per writer: two processes preparing the
+    same folder must not share a temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """fsync `tmp`, then rename it onto `path`."""
+    with tmp.open("rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -91,6 +102,11 @@ def _table(examples: list[Example], schema):
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def examples_table(examples: list[Example]):
+    """The examples as a pyarrow table with the split schema."""
+    return _table(examples, _schema())
+
+
 def write_split(path: Path, examples: list[Example]) -> None:
     """Write examples as a Parquet file."""
     import pyarrow.parquet as pq
@@ -102,19 +118,125 @@ def write_split(path: Path, examples: list[Example]) -> None:
             writer.write_table(_table(batch, schema))
 
 
-def read_split(path: Path) -> list[Example]:
-    """Read a split written by `write_split` (or a `.jsonl` split of older dataset folders)."""
+class SplitWriter:
+    """Writes a split's Parquet file as tables arrive, in row groups of `_BATCH_ROWS`, so a
+    split never has to be held in memory. The file appears (atomically) on `close`."""
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.rows = 0
+        self._path, self._tmp = path, temporary_path(path)
+        self._schema = _schema()
+        self._writer = pq.ParquetWriter(self._tmp, self._schema)
+        self._pending: list = []
+        self._pending_rows = 0
+
+    def write(self, table) -> None:
+        """Append rows (a table with the split schema's columns, in order)."""
+        if table.num_rows:
+            self._pending.append(table)
+            self._pending_rows += table.num_rows
+            self.rows += table.num_rows
+        if self._pending_rows >= _BATCH_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        import pyarrow as pa
+
+        table = pa.concat_tables(self._pending) if self._pending else self._schema.empty_table()
+        # Full row groups only, until the end: the file's bytes then do not depend on how the
+        # rows arrived, and the content hash is reproducible.
+        cut = table.num_rows if final else table.num_rows - table.num_rows % _BATCH_ROWS
+        if cut or final:
+            self._writer.write_table(table.slice(0, cut).combine_chunks(), row_group_size=_BATCH_ROWS)
+        rest = table.slice(cut)
+        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        self._flush(final=True)
+        self._writer.close()
+        commit(self._tmp, self._path)
+
+    def abort(self) -> None:
+        """Drop the unfinished file."""
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class Spool:
+    """Examples parked on disk between preparation's passes, each with its example id.
+
+    An Arrow IPC file, uncompressed: writing and reading it is little more than a copy (Parquet's
+    encoding cost ~1 s per 200 MB each way, for a file that lives a minute)."""
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow as pa
+
+        self.path = path
+        self.rows = 0
+        self._schema = _schema().append(pa.field("id", pa.int64()))
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, self._schema)
+
+    def write(self, ids, table) -> None:
+        """Append `table` (the split schema's columns) with the example ids (a numpy array)."""
+        import pyarrow as pa
+
+        if table.num_rows:
+            table = table.append_column("id", pa.array(ids, pa.int64()))
+            self._writer.write_table(table, max_chunksize=table.num_rows)
+            self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+    def tables(self, columns: list[str] | None = None) -> Iterator:
+        """The spooled rows, a written batch at a time, as pyarrow tables."""
+        import pyarrow as pa
+
+        # Read, not memory-mapped: mapped pages would count as this process's memory.
+        with pa.OSFile(str(self.path), "rb") as source:
+            reader = pa.ipc.open_file(source)
+            for k in range(reader.num_record_batches):
+                batch = reader.get_batch(k)
+                table = pa.Table.from_batches([batch])
+                yield table.select(columns) if columns else table
+
+    def examples(self, wanted) -> Iterator[tuple[int, Example]]:
+        """`(id, example)` for the spooled examples whose id is in `wanted` (a numpy array)."""
+        import numpy as np
+
+        for table in self.tables():
+            mask = np.isin(table.column("id").to_numpy(), wanted)
+            if mask.any():
+                picked = table.filter(mask)
+                yield from zip(picked.column("id").to_pylist(), _examples(picked), strict=True)
+
+
+def _examples(table) -> list[Example]:
+    examples = []
+    for row in table.to_pylist():
+        messages = tuple(Message(m["role"], m["content"], m["weight"]) for m in row["messages"] or ())
+        meta = json.loads(row["meta"]) if row["meta"] else {}
+        examples.append(Example(messages, row["text"], row["label"], row["source"], meta))
+    return examples
+
+
+def read_split(path: Path, limit: int | None = None) -> list[Example]:
+    """Read a split written by `write_split` (or a `.jsonl` split of older dataset folders);
+    `limit` reads only the first rows."""
     if path.suffix == ".jsonl":
         with path.open(encoding="utf-8") as f:
-            return [Example.from_json(json.loads(line)) for line in f]
+            return [Example.from_json(json.loads(line)) for line in islice(f, limit)]
     import pyarrow.parquet as pq
 
-    examples = []
+    examples: list[Example] = []
     for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
-        for row in batch.to_pylist():
-            messages = tuple(Message(m["role"], m["content"], m["weight"]) for m in row["messages"] or ())
-            meta = json.loads(row["meta"]) if row["meta"] else {}
-            examples.append(Example(messages, row["text"], row["label"], row["source"], meta))
+        examples += _examples(batch)
+        if limit is not None and len(examples) >= limit:
+            return examples[:limit]
     return examples
 
 

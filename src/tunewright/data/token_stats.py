@@ -29,6 +29,15 @@ class TokenMeter:
 
     def measure(self, example: Example, split: str) -> None:
         """Record the example under `split`; raises RowError if it is over the token limit."""
+        self.record(split, *self.encode(example))
+
+    def record(self, split: str, length: int, trained: int) -> None:
+        """Count an example measured by `encode` under `split`."""
+        self.lengths[split].append(length)
+        self.trained[split] += trained
+
+    def encode(self, example: Example) -> tuple[int, int]:
+        """The example's length and trained tokens; raises RowError if over the token limit."""
         if example.is_chat:
             try:
                 encoded = self.chat.encode_example(example)
@@ -44,8 +53,7 @@ class TokenMeter:
                     f"{length} tokens, over data.max_seq_len={self.chat.max_seq_len}", "over the token limit"
                 )
             trained = length
-        self.lengths[split].append(length)
-        self.trained[split] += trained
+        return length, trained
 
     def summary(self) -> dict:
         """Per split: examples, tokens, trained tokens, mean/median/p95/max length; and one

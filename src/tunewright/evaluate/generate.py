@@ -2,15 +2,27 @@
 
 Prompts are sorted by length before batching so a batch holds prompts of similar length (less
 padding, fewer wasted positions), then results are put back in the caller's order.
+
+When all prompts start with the same long prefix (a fair base's instruction, label list and
+k-shot examples: often 20x longer than the question), the prefix is run through the model once
+and its KV cache is copied into every batch. Rows are then padded between the prefix and the
+question ("prefix, pads, question"); position ids follow the attention mask, so every row sees
+exactly the positions it would see alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
+
+# Sharing a shorter prefix saves less than the cache copies cost.
+MIN_SHARED_PREFIX_TOKENS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +51,30 @@ def label_trie(sequences: list[list[int]]) -> dict[tuple[int, ...], list[int]]:
     return {prefix: sorted(tokens) for prefix, tokens in nexts.items()}
 
 
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens every prompt starts with, leaving at least one token of each prompt to prefill."""
+    common = os.path.commonprefix([list(p) for p in prompts])
+    return max(0, min(len(common), min(len(p) for p in prompts) - 1))
+
+
+def _prefix_cache(model: PreTrainedModel, prefix: list[int]) -> DynamicCache | None:
+    """The KV cache of `prefix`, or None when this model's cache layout is not plain per-token KV
+    (sliding windows, linear attention keep state we do not know how to share safely)."""
+    cache = DynamicCache(config=model.config)
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    model(input_ids=torch.tensor([prefix], device=model.device), cache=cache, use_cache=True)
+    return cache
+
+
+def _expanded(cache: DynamicCache, rows: int) -> DynamicCache:
+    # generate() appends to the cache it is given: every batch needs its own copy
+    batch_cache = copy.deepcopy(cache)
+    for layer in batch_cache.layers:
+        layer.batch_repeat_interleave(rows)
+    return batch_cache
+
+
 @torch.inference_mode()
 def generate(
     model: PreTrainedModel,
@@ -63,30 +99,37 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     trie = label_trie(allowed_sequences) if allowed_sequences is not None else None
+    shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+    prefix_cache = _prefix_cache(model, list(prompts[0][:shared])) if shared >= MIN_SHARED_PREFIX_TOKENS else None
+    shared = shared if prefix_cache is not None else 0
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in indices)
+        width = shared + max(len(prompts[i]) - shared for i in indices)
         input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):  # left padding: every prompt ends at the same column
-            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            attention_mask[row, width - len(prompts[i]) :] = 1
-        sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+        for row, i in enumerate(indices):  # pads go before each question: all prompts end at one column
+            input_ids[row, :shared] = torch.tensor(prompts[i][:shared])
+            input_ids[row, width - len(prompts[i]) + shared :] = torch.tensor(prompts[i][shared:])
+            attention_mask[row, :shared] = 1
+            attention_mask[row, width - len(prompts[i]) + shared :] = 1
+        options = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+        if prefix_cache is not None:
+            options["cache"] = _expanded(prefix_cache, len(indices))
         if trie is not None:
 
             def allowed(_row: int, ids: torch.Tensor, width: int = width) -> list[int]:
                 # finished rows are padded by generate() whatever we return
                 return trie.get(tuple(ids[width:].tolist()), stops)
 
-            sampling["prefix_allowed_tokens_fn"] = allowed
+            options["prefix_allowed_tokens_fn"] = allowed
         output = model.generate(
             input_ids=input_ids.to(model.device),
             attention_mask=attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,
             eos_token_id=stops,
             pad_token_id=pad_id,
-            **sampling,
+            **options,
         )
         new = output[:, width:].tolist()
         for row, i in enumerate(indices):

@@ -1,4 +1,5 @@
-"""The run report: a verdict in one sentence and the metrics table, as Markdown and on the terminal."""
+"""The run report: a verdict in one sentence, every variant's metrics with intervals, the paired
+tests, the forgetting check and the examples that changed; as Markdown, HTML and on the terminal."""
 
 from __future__ import annotations
 
@@ -9,70 +10,106 @@ from rich.table import Table
 from tunewright.evaluate.runner import EvalResult
 
 _PERCENT_METRICS = {"accuracy", "accuracy_strict", "invalid_rate", "stop_rate", "exact_match"}
+# Differing examples shown per direction; examples.jsonl holds them all.
+SHOWN_EXAMPLES = 10
 
 
-def _fmt(metric: str, cell: dict[str, float]) -> str:
+def fmt_cell(metric: str, cell: dict[str, float]) -> str:
+    """A metric value with its 95% interval, as a percentage for rates."""
     if metric in _PERCENT_METRICS:
         return f"{cell['value']:.1%} [{cell['low']:.1%}, {cell['high']:.1%}]"
     return f"{cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
 
 
 def verdict(result: EvalResult) -> str:
-    """One sentence: is the tuned model better than the base, by how much, and how sure."""
+    """One sentence: is the tuned model better than the stronger base variant, by how much, how sure."""
     c = result.comparison
-    if not c:
-        return "Only one model was evaluated: no comparison."
-    base = result.models["base"].metrics[result.headline]["value"]
+    if "tuned" not in result.models or not c:
+        return "The tuned model and a base variant were not both evaluated: no comparison."
+    name = result.strongest_base
+    base = result.models[name].metrics[result.headline]["value"]
     tuned = result.models["tuned"].metrics[result.headline]["value"]
-    p = c.get("mcnemar_p_value", c["p_value_bootstrap"])
-    significant = p < 0.05
+    stronger = f"the stronger base variant ({name}: {result.models[name].description})"
+    if c["p_value"] >= 0.05 or c["delta"] == 0:
+        return (f"No significant difference between the tuned model and {stronger} on {result.headline} over "
+                f"{result.n_examples} held-out examples ({name} {base:.3f}, tuned {tuned:.3f}, p = {c['p_value']:.2g}).")
     direction = "better" if c["delta"] > 0 else "worse"
-    if not significant:
-        return (f"No significant difference on {result.headline} over {result.n_examples} held-out "
-                f"examples (base {base:.3f}, tuned {tuned:.3f}, p = {p:.3g}).")
-    return (f"The tuned model is {direction} than the base on {result.headline}: {tuned:.3f} vs "
-            f"{base:.3f} ({c['delta']:+.3f}, 95% CI [{c['low']:+.3f}, {c['high']:+.3f}], p = {p:.2g}) "
+    return (f"The tuned model is {direction} than {stronger} on {result.headline}: {tuned:.3f} vs {base:.3f} "
+            f"({c['delta']:+.3f}, 95% CI [{c['low']:+.3f}, {c['high']:+.3f}], p = {c['p_value']:.2g}) "
             f"over {result.n_examples} held-out examples.")
 
 
 def metric_names(result: EvalResult) -> list[str]:
+    """The headline metric first, then the others in the order they were computed."""
     first = next(iter(result.models.values()))
-    ordered = [result.headline] + [m for m in first.metrics if m != result.headline]
-    return ordered
+    return [result.headline] + [m for m in first.metrics if m != result.headline]
 
 
 def summary_table(result: EvalResult) -> Table:
+    """The metrics of every variant, for the terminal."""
     table = Table(title=f"{result.task}: {result.n_examples} held-out examples (95% bootstrap CI)")
     table.add_column("model", style="bold")
     names = metric_names(result)
     for metric in names:
         table.add_column(metric, justify="right")
+    table.add_column("tuned vs it", justify="right")
     table.add_column("eval time", justify="right")
     for name, scores in result.models.items():
-        table.add_row(name, *(_fmt(m, scores.metrics[m]) for m in names), f"{scores.seconds:.0f} s")
+        table.add_row(name, *(fmt_cell(m, scores.metrics[m]) for m in names), comparison_cell(result, name),
+                      f"{scores.seconds:.0f} s")
     return table
 
 
+def comparison_cell(result: EvalResult, name: str) -> str:
+    """'+0.120 [+0.050, +0.190], p = 0.002' for tuned minus `name`; empty for the tuned row."""
+    c = result.comparisons.get(name)
+    if not c:
+        return ""
+    return f"{c['delta']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], p = {c['p_value']:.2g}"
+
+
+def differing(result: EvalResult) -> tuple[list[int], list[int]]:
+    """Indices of examples the tuned model won and lost against the strongest base."""
+    found = result.outcomes or []
+    return ([i for i, o in enumerate(found) if o == "tuned_won"], [i for i, o in enumerate(found) if o == "tuned_lost"])
+
+
 def write_markdown(result: EvalResult, path: Path, *, training: dict | None = None) -> Path:
-    """A Markdown report: verdict, metrics table, training summary, examples won and lost."""
+    """A Markdown report: verdict, metrics table, paired tests, forgetting check, examples won and lost."""
     names = metric_names(result)
-    lines = ["# Evaluation report", "", f"**{verdict(result)}**", "", "| model | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
+    lines = ["# Evaluation report", "", f"**{verdict(result)}**", "",
+             "| model | " + " | ".join(names) + " | tuned minus it (95% CI), p |", "|---|" + "---|" * (len(names) + 1)]
     for name, scores in result.models.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m, scores.metrics[m]) for m in names) + " |")
+        cells = [fmt_cell(m, scores.metrics[m]) for m in names] + [comparison_cell(result, name)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", *(f"- **{n}**: {m.description}" for n, m in result.models.items())]
+    if result.general:
+        lines += ["", "## Forgetting check", "", result.general["sentence"] + " (`eval/general.jsonl`)"]
     if training:
         lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in training.items()]
-    if result.comparison and "base" in result.models and "tuned" in result.models:
-        base, tuned = result.models["base"], result.models["tuned"]
-        won = [i for i in range(result.n_examples) if tuned.per_example[i] > base.per_example[i]]
-        lost = [i for i in range(result.n_examples) if tuned.per_example[i] < base.per_example[i]]
-        lines += ["", f"## Where they differ: tuned better on {len(won)}, base better on {len(lost)}", ""]
-        for title, picked in (("Tuned right, base wrong", won[:10]), ("Base right, tuned wrong", lost[:10])):
-            lines += [f"### {title}", "", "| base answer | tuned answer |", "|---|---|"]
-            lines += [f"| {_cell(base.answers[i].text)} | {_cell(tuned.answers[i].text)} |" for i in picked]
+    if result.outcomes is not None:
+        base, tuned = result.models[result.strongest_base], result.models["tuned"]
+        won, lost = differing(result)
+        lines += ["", f"## Where they differ: tuned better on {len(won)}, {base.name} better on {len(lost)}", ""]
+        for title, picked in (("Tuned right, base wrong", won), ("Base right, tuned wrong", lost)):
+            lines += [f"### {title}", ""]
+            if not picked:
+                lines += ["none", ""]
+                continue
+            lines += [f"| reference | {base.name} answer | tuned answer |", "|---|---|---|"]
+            lines += [f"| {_cell(result.references[i])} | {_cell(base.answers[i].text)} | {_cell(tuned.answers[i].text)} |"
+                      for i in picked[:SHOWN_EXAMPLES]]
             lines.append("")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def write_reports(result: EvalResult, run_dir: Path, *, training: dict | None = None) -> list[Path]:
+    """Write `report.md` and the self-contained `report.html` into the run folder."""
+    from tunewright.evaluate.html_report import write_html
+
+    return [write_markdown(result, run_dir / "report.md", training=training),
+            write_html(result, run_dir / "report.html", run_dir=run_dir, training=training)]
 
 
 def _cell(text: str) -> str:

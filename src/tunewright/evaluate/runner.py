@@ -1,19 +1,24 @@
 """Evaluate: base and tuned models on the same held-out examples, side by side.
 
-Front door: `evaluate(cfg, dataset, trained_dir)`. Writes `eval/results.json` (metrics with 95%
-bootstrap intervals and a paired test), `eval/examples.jsonl` (every example with each model's
-answer) and returns an `EvalResult` for the report.
+Front door: `evaluate(cfg, dataset, trained_dir)`. Scores every variant (base zero-shot with the
+labels listed, base k-shot, tuned, other runs' tuned models; see `prompts.py`) on the test split,
+compares each with the tuned model, runs the forgetting check, and writes `eval/results.json`
+(metrics with 95% bootstrap intervals and paired tests), `eval/examples.jsonl` (every example with
+each variant's answer, whether it was right, and the outcome against the stronger base) and
+`eval/general.jsonl` (the forgetting check's answers).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -21,6 +26,9 @@ from tunewright.config import RunConfig
 from tunewright.data.example import Example, Message
 from tunewright.data.prepare import PreparedDataset
 from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
+from tunewright.errors import ConfigError
+from tunewright.evaluate.compare import outcomes, paired_comparison, right_flags, strongest
+from tunewright.evaluate.general import answer_general, forgetting_summary
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.evaluate.labels import LabelMatcher
 from tunewright.evaluate.metrics import (
@@ -30,7 +38,8 @@ from tunewright.evaluate.metrics import (
     rouge_l,
     token_f1,
 )
-from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn, mcnemar, paired_bootstrap
+from tunewright.evaluate.prompts import Variant, base_variants, variant_messages
+from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn
 from tunewright.models import load_model
 from tunewright.train.model_setup import resolve_precision
 
@@ -38,8 +47,10 @@ from tunewright.train.model_setup import resolve_precision
 @dataclass
 class ModelScores:
     name: str
+    description: str
     metrics: dict[str, dict[str, float]]  # metric -> {value, low, high}
     per_example: list[float]  # the headline metric per example (1/0 for classification)
+    right: list[bool]  # per example: exact label, or ROUGE-L >= compare.RIGHT_AT_ROUGE_L
     answers: list[Generation]
     predictions: list[str | None] | None
     seconds: float
@@ -51,8 +62,19 @@ class EvalResult:
     headline: str  # the metric the verdict is about
     n_examples: int
     models: dict[str, ModelScores]
-    comparison: dict = field(default_factory=dict)
+    labels: list[str] | None = None
+    references: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # the last user turn of each test example
+    comparisons: dict[str, dict] = field(default_factory=dict)  # tuned vs each other variant
+    strongest_base: str | None = None  # the base variant with the best headline score
+    outcomes: list[str] | None = None  # per example, tuned vs the strongest base
+    general: dict | None = None  # the forgetting check (general.forgetting_summary)
     folder: Path | None = None
+
+    @property
+    def comparison(self) -> dict:
+        """Tuned vs the strongest base variant: what the verdict is about ({} if none)."""
+        return self.comparisons.get(self.strongest_base, {}) if self.strongest_base else {}
 
 
 def _task(cfg: RunConfig, dataset: PreparedDataset) -> str:
@@ -97,100 +119,174 @@ def _interval(iv) -> dict[str, float]:
     return {"value": float(iv.point), "low": float(iv.low), "high": float(iv.high)}
 
 
-def _load_variant(cfg: RunConfig, name: str, trained_dir: Path | None, dtype: torch.dtype):
-    loaded = load_model(cfg.model.name, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
-    if name == "base":
+def _load_variant(cfg: RunConfig, model_name: str, weights: Path | None, dtype: torch.dtype):
+    """The base model, with the tuned adapter merged in (or full tuned weights) when `weights` is set."""
+    loaded = load_model(model_name, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
+    if weights is None:
         return loaded
-    if trained_dir is None or not trained_dir.is_dir():
-        raise FileNotFoundError(f"no trained model at {trained_dir}; run `tunewright train` first")
-    if (trained_dir / "adapter_config.json").is_file():
+    if not weights.is_dir():
+        raise FileNotFoundError(f"no trained model at {weights}; run `tunewright train` first")
+    if (weights / "adapter_config.json").is_file():
         from peft import PeftModel
 
         # merged weights generate faster than base + adapter side paths
-        loaded.model = PeftModel.from_pretrained(loaded.model, trained_dir).merge_and_unload()
+        loaded.model = PeftModel.from_pretrained(loaded.model, weights).merge_and_unload()
     else:
         from transformers import AutoModelForCausalLM
 
-        loaded.model = AutoModelForCausalLM.from_pretrained(trained_dir, dtype=dtype, use_safetensors=True)
+        loaded.model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, use_safetensors=True)
     loaded.model.eval()
     return loaded
+
+
+def _compare_run_variant(path: str, taken: set[str]) -> tuple[Variant, str, Path]:
+    """A variant for another run folder's tuned model, with that run's own training prompt."""
+    folder = Path(path)
+    config = folder / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"evaluate.compare_runs: {folder} is not a run folder (no config.yaml)")
+    other = RunConfig.model_validate(yaml.safe_load(config.read_text(encoding="utf-8")))
+    name = folder.resolve().name
+    if name in taken:
+        raise ConfigError(f"evaluate.compare_runs: {path!r} gives the variant name {name!r}, which is taken")
+    weights = folder / ("adapter" if other.train.method == "lora" else "model")
+    variant = Variant(name, str(folder), f"tuned model of run {folder}", other.data.system_prompt)
+    return variant, other.model.name, weights
+
+
+def plan_variants(
+    cfg: RunConfig, dataset: PreparedDataset, task: str, trained_dir: Path | None
+) -> tuple[list[Variant], dict[str, tuple[str, Path | None]]]:
+    """Every variant to score, and for each model key the (model name, weights folder) to load."""
+    labels = dataset.labels if task == "classification" else None
+    variants = base_variants(cfg.evaluate.models, cfg.data.system_prompt, labels, dataset.train,
+                             cfg.evaluate.base_shots, cfg.data.seed)
+    if "tuned" in cfg.evaluate.models:
+        if trained_dir is None:
+            raise FileNotFoundError("evaluate.models has 'tuned' but there is no trained model; train first")
+        variants.append(Variant("tuned", "tuned", "tuned model, the prompt it was trained with",
+                                cfg.data.system_prompt))
+    sources: dict[str, tuple[str, Path | None]] = {"base": (cfg.model.name, None), "tuned": (cfg.model.name, trained_dir)}
+    for path in cfg.evaluate.compare_runs:
+        variant, model_name, weights = _compare_run_variant(path, {v.name for v in variants})
+        variants.append(variant)
+        sources[variant.model] = (model_name, weights)
+    return variants, sources
 
 
 def evaluate(
     cfg: RunConfig, dataset: PreparedDataset, trained_dir: Path | None, *, console: Console | None = None
 ) -> EvalResult:
-    """Generate answers on the test split with each model in `cfg.evaluate.models` and score them."""
+    """Score every variant in `cfg.evaluate` on the test split, compare each with the tuned model."""
     console = console or Console(stderr=True)
     task = _task(cfg, dataset)
     examples = dataset.test
     refs = [e.reference for e in examples]
     dtype = torch.bfloat16 if resolve_precision(cfg.train.precision) == "bf16" else torch.float32
+    variants, sources = plan_variants(cfg, dataset, task, trained_dir)
+    keys = list(dict.fromkeys(v.model for v in variants))
+    general_check = cfg.evaluate.general_check and {"base", "tuned"} <= set(keys)
     models: dict[str, ModelScores] = {}
-    for name in cfg.evaluate.models:
-        loaded = _load_variant(cfg, name, trained_dir, dtype)
-        chat = ChatTokenizer(loaded.tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
-        prompts = [chat.encode_prompt(e.prompt_messages) for e in examples]
-        allowed = None
-        if task == "classification" and cfg.evaluate.label_decoding == "constrained":
-            allowed = [label_token_ids(chat, label) for label in dataset.labels]
-        started = time.perf_counter()
-        with _progress(console) as progress:
-            task_id = progress.add_task(f"evaluate {name}", total=len(prompts), rate=0.0)
-
-            def advance(n: int, t=task_id, started=started) -> None:
-                done = progress.tasks[t].completed + n
-                progress.update(t, completed=done, rate=done / (time.perf_counter() - started))
-
-            answers = generate(
-                loaded.model,
-                loaded.tokenizer,
-                prompts,
-                max_new_tokens=cfg.evaluate.max_new_tokens,
-                batch_size=cfg.evaluate.batch_size,
-                allowed_sequences=allowed,
-                on_batch_done=advance,
-            )
-        seconds = time.perf_counter() - started
-        per_example, preds, metrics = _score(task, answers, refs, dataset.labels)
-        models[name] = ModelScores(name, metrics, per_example.tolist(), answers, preds, seconds)
+    general_answers: dict[str, list[str]] = {}
+    for key in keys:  # each model is loaded once for all of its prompt variants
+        model_name, weights = sources[key]
+        loaded = _load_variant(cfg, model_name, weights, dtype)
+        for variant in (v for v in variants if v.model == key):
+            models[variant.name] = _score_variant(cfg, task, variant, loaded, examples, refs, dataset.labels, console)
+        if general_check and key in ("base", "tuned"):
+            with console.status(f"general questions: {key}"):
+                general_answers[key] = answer_general(loaded.model, loaded.tokenizer,
+                                                      batch_size=cfg.evaluate.batch_size)
         del loaded
 
     headline = "accuracy" if task == "classification" else "rouge_l"
-    result = EvalResult(task, headline, len(examples), models)
-    if "base" in models and "tuned" in models:
-        base, tuned = np.array(models["base"].per_example), np.array(models["tuned"].per_example)
-        paired = paired_bootstrap(base, tuned)
-        result.comparison = {"metric": headline, "delta": paired.delta, "low": paired.low, "high": paired.high,
-                             "p_value_bootstrap": paired.p_value}
-        if task == "classification":
-            test = mcnemar(base.astype(bool), tuned.astype(bool))
-            result.comparison |= {"mcnemar_p_value": test.p_value, "tuned_right_base_wrong": test.c,
-                                  "base_right_tuned_wrong": test.b}
+    result = EvalResult(task, headline, len(examples), models, labels=dataset.labels, references=refs,
+                        prompts=[e.prompt_messages[-1].content if e.prompt_messages else "" for e in examples])
+    if "tuned" in models:
+        tuned = models["tuned"]
+        for name, other in models.items():
+            if name != "tuned":
+                result.comparisons[name] = paired_comparison(task, headline, other.per_example, tuned.per_example,
+                                                             other.right, tuned.right)
+        result.strongest_base = strongest({n: m.metrics[headline]["value"] for n, m in models.items()
+                                           if n.startswith("base_")})
+        if result.strongest_base is not None:
+            result.outcomes = outcomes(tuned.right, models[result.strongest_base].right)
+    if general_answers:
+        result.general = forgetting_summary(general_answers["base"], general_answers["tuned"])
     result.folder = _write(cfg.run_dir / "eval", result, examples)
     return result
 
 
+def _score_variant(cfg, task, variant: Variant, loaded, examples, refs, labels, console) -> ModelScores:
+    chat = ChatTokenizer(loaded.tokenizer, None, cfg.data.max_seq_len)
+    prompts = [chat.encode_prompt(variant_messages(variant, e.prompt_messages)) for e in examples]
+    allowed = None
+    if task == "classification" and cfg.evaluate.label_decoding == "constrained":
+        allowed = [label_token_ids(chat, label) for label in labels]
+    started = time.perf_counter()
+    with _progress(console) as progress:
+        task_id = progress.add_task(f"evaluate {variant.name}", total=len(prompts), rate=0.0)
+
+        def advance(n: int, t=task_id, started=started) -> None:
+            done = progress.tasks[t].completed + n
+            progress.update(t, completed=done, rate=done / (time.perf_counter() - started))
+
+        answers = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=cfg.evaluate.max_new_tokens,
+                           batch_size=cfg.evaluate.batch_size, allowed_sequences=allowed, on_batch_done=advance)
+    seconds = time.perf_counter() - started
+    per_example, preds, metrics = _score(task, answers, refs, labels)
+    if cfg.evaluate.judge.enabled:  # an LLM grades each answer against its reference; cached in eval/
+        from tunewright.evaluate.judge import judge_metrics
+
+        metrics |= judge_metrics(cfg, examples, answers)
+    scores = per_example.tolist()
+    return ModelScores(variant.name, variant.description, metrics, scores, right_flags(task, scores), answers,
+                       preds, seconds)
+
+
 def _write(folder: Path, result: EvalResult, examples) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    general = {k: v for k, v in (result.general or {}).items() if k != "rows"} or None
     summary = {
         "task": result.task,
         "headline": result.headline,
         "n_examples": result.n_examples,
-        "models": {n: {"metrics": m.metrics, "seconds": m.seconds} for n, m in result.models.items()},
+        "models": {n: {"description": m.description, "metrics": m.metrics, "seconds": m.seconds}
+                   for n, m in result.models.items()},
+        "strongest_base": result.strongest_base,
         "comparison": result.comparison,
+        "comparisons": result.comparisons,
+        "general": general,
     }
-    (folder / "results.json").write_text(json.dumps(summary, indent=2))
-    with (folder / "examples.jsonl").open("w", encoding="utf-8") as f:
-        for i, example in enumerate(examples):
-            row = {"source": example.source, "prompt": example.prompt_messages[-1].content,
-                   "reference": example.reference}
-            for name, scores in result.models.items():
-                row[name] = {"answer": scores.answers[i].text, "score": scores.per_example[i],
-                             "stopped": scores.answers[i].stopped}
-                if scores.predictions is not None:
-                    row[name]["prediction"] = scores.predictions[i]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    _atomic_write(folder / "results.json", json.dumps(summary, indent=2))
+    rows = []
+    for i, example in enumerate(examples):
+        row = {"source": example.source, "prompt": result.prompts[i], "reference": example.reference}
+        for name, scores in result.models.items():
+            row[name] = {"answer": scores.answers[i].text, "score": scores.per_example[i],
+                         "right": scores.right[i], "stopped": scores.answers[i].stopped}
+            if scores.predictions is not None:
+                row[name]["prediction"] = scores.predictions[i]
+        if result.outcomes is not None:
+            row["outcome"] = result.outcomes[i]
+            row["outcome_vs"] = result.strongest_base
+        rows.append(json.dumps(row, ensure_ascii=False))
+    _atomic_write(folder / "examples.jsonl", "\n".join(rows) + "\n")
+    if result.general is not None:
+        lines = [json.dumps(r, ensure_ascii=False) for r in result.general["rows"]]
+        _atomic_write(folder / "general.jsonl", "\n".join(lines) + "\n")
     return folder
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # results are read by later commands (report, compare_runs): never leave half a file behind
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _progress(console: Console) -> Progress:

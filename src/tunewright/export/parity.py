@@ -35,7 +35,7 @@ FALLBACK_QUESTIONS = (
     "What is 12 times 7?",
     "Name three colours.",
 )
-_BATCH = 8  # prompts per forward pass; logits of a batch are batch x tokens x vocab floats
+_BATCH = 32  # prompts per forward pass; logits of a batch are batch x tokens x vocab floats (~200 MB)
 
 
 @dataclass

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from rich.console import Console
 from transformers import get_scheduler
 
 from tunewright.config import RunConfig, save_config
 from tunewright.data.prepare import PreparedDataset
 from tunewright.data.tokenize import ChatTokenizer
-from tunewright.errors import TrainingDivergedError
+from tunewright.errors import ConfigError, TrainingDivergedError
 from tunewright.models import load_model
 from tunewright.train.batching import batch_schedule
 from tunewright.train.checkpoint import (
@@ -36,8 +36,11 @@ from tunewright.train.metrics_log import MetricsLogger
 from tunewright.train.model_setup import (
     ChunkedLossForward,
     apply_training_method,
+    as_float,
     cpu_only,
+    full_state_dict,
     resolve_precision,
+    shard_for_fsdp,
 )
 from tunewright.train.steps import (
     MicroBatches,
@@ -81,6 +84,10 @@ def train(
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=cpu_only())
     main = accelerator.is_main_process
     world = accelerator.num_processes
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("launch without accelerate's --use_fsdp and set train.fsdp: true instead: "
+                          "tunewright shards the model itself with torch's FSDP2")
+    fsdp = tc.fsdp and world > 1
 
     # --- setup: model, data, optimiser ---------------------------------------------------
     loaded = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
@@ -91,8 +98,10 @@ def train(
 
     model = apply_training_method(loaded.model, tc, precision)
     model.train()
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     forward = ChunkedLossForward(model)
+    if fsdp:  # before the optimiser exists: sharding replaces the parameters with DTensors
+        shard_for_fsdp(forward.to(accelerator.device))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
 
     # every rank computes the same schedule from the seed; rank r takes its share of each step
     schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed)
@@ -108,8 +117,11 @@ def train(
         num_training_steps=total_steps,
     )
     # the scheduler stays outside accelerate: it would step once per process, but our step
-    # count is already global
-    forward, optimizer = accelerator.prepare(forward, optimizer)
+    # count is already global. Under FSDP the model is already sharded: accelerate would wrap it in DDP
+    if fsdp:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        forward, optimizer = accelerator.prepare(forward, optimizer)
 
     # --- resume: weights, optimiser, scheduler, RNG and data position ----------------------
     checkpoints = run_dir / "checkpoints"
@@ -125,7 +137,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if main and dry_run_steps is None:
         save_config(cfg, run_dir / "config.yaml")  # export/serve read the run's settings from it
-    logger = MetricsLogger(run_dir, cfg.name, cfg.model_dump(mode="json")) if main and dry_run_steps is None else None
+    logger = (MetricsLogger(run_dir, cfg.name, cfg.model_dump(mode="json"), tc.report_to)
+              if main and dry_run_steps is None else None)
     if main:
         console.print(
             f"training {cfg.model.name} ({tc.method}, {precision}, {world} process(es)): "
@@ -150,12 +163,12 @@ def train(
                 batch = data.collate(indices)
                 with accelerator.autocast():
                     nll_sum, _ = forward(**batch)
-                # DDP averages gradients over ranks; scale so the result is the global sum
+                # DDP and FSDP average gradients over ranks; scale so the result is the global sum
                 accelerator.backward(nll_sum * world / step_weight)
                 step_loss += nll_sum.detach().float() / step_weight
                 trained_tokens += data.tokens(indices) * world
             step_loss = float(accelerator.reduce(step_loss, reduction="sum"))
-            grad_norm = float(accelerator.clip_grad_norm_(list(trainable.values()), tc.max_grad_norm or math.inf))
+            grad_norm = as_float(accelerator.clip_grad_norm_(list(trainable.values()), tc.max_grad_norm or math.inf))
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 # raised before optimizer.step(): weights and checkpoints stay finite
                 raise TrainingDivergedError(
@@ -228,7 +241,9 @@ def train(
             logger.log(steps_done, val_loss=result.val_loss)
     if logger:
         logger.close()
+    gathered = full_state_dict(model) if fsdp else None  # collective: every rank takes part
     if main:
-        result.output_dir = save_trained(accelerator.unwrap_model(forward).model, loaded.tokenizer, run_dir, tc.method)
+        result.output_dir = save_trained(accelerator.unwrap_model(forward).model, loaded.tokenizer, run_dir,
+                                         tc.method, state_dict=gathered)
     accelerator.wait_for_everyone()
     return result

@@ -41,6 +41,9 @@ def resolve_precision(setting: str) -> str:
 
 def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: str) -> nn.Module:
     """Freeze what does not train and add LoRA adapters when asked; returns the model to train."""
+    if cfg.activation_checkpointing:
+        # non-reentrant: correct with frozen embeddings (no enable_input_require_grads hack needed)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "full":
         # fp32 master weights even under bf16 autocast: pure-bf16 updates vanish in rounding
         model.float()
@@ -78,6 +81,42 @@ def _linear_module_names(model: PreTrainedModel) -> list[str]:
 def causal_lm_of(model: nn.Module) -> PreTrainedModel:
     """The transformers model inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def shard_for_fsdp(forward: nn.Module) -> None:
+    """FSDP2 (torch's `fully_shard`): every decoder layer is one unit, gathered just before it
+    runs and freed after; the root unit holds the rest (embeddings, the tied head, the final norm)
+    and is gathered for the whole forward, which is why the chunked loss can read the head's
+    weight directly. Works on CPU (gloo) and GPU (NCCL) alike."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in causal_lm_of(forward.model).model.layers:
+        fully_shard(layer)
+    fully_shard(forward)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state with FSDP shards gathered into whole tensors. Collective under FSDP:
+    every rank must call it. A tied weight (the LM head sharing the embedding) is listed once,
+    under its first name, as `save_pretrained` does for the model's own state."""
+    from torch.distributed.tensor import DTensor
+
+    seen: set[int] = set()
+    gathered = {}
+    for key, value in module.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        value = value.detach()
+        gathered[key] = value.full_tensor() if isinstance(value, DTensor) else value
+    return gathered
+
+
+def as_float(value) -> float:
+    """A Python float from a scalar tensor, gathering it first if FSDP made it a DTensor."""
+    from torch.distributed.tensor import DTensor
+
+    return float(value.full_tensor() if isinstance(value, DTensor) else value)
 
 
 class ChunkedLossForward(nn.Module):

@@ -93,12 +93,14 @@ def evaluate_loss(forward, examples: list[TokenizedExample], batch_size: int, pa
     return total / max(weight, 1e-9)
 
 
-def save_trained(model, tokenizer, run_dir: Path, method: str) -> Path:
-    """Save the adapter (LoRA) or the whole model as safetensors, atomically (temp folder, rename)."""
+def save_trained(model, tokenizer, run_dir: Path, method: str, state_dict: dict | None = None) -> Path:
+    """Save the adapter (LoRA) or the whole model as safetensors, atomically (temp folder, rename).
+
+    `state_dict` overrides the model's own (FSDP: the gathered whole tensors)."""
     target = run_dir / ("adapter" if method == "lora" else "model")
     tmp = run_dir / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     previous = run_dir / f".old-{target.name}"
     if target.exists():

@@ -1,0 +1,76 @@
+"""Forgetting check: did tuning cost general ability?
+
+Base and tuned answer the same ~50 short general questions (`general_set.jsonl`: capitals,
+arithmetic, simple instructions; written for tunewright, so there is no licence question). An
+answer is right when a reference, normalised SQuAD-style, appears in it as whole words: lenient on
+purpose, because an instruct model says "The capital of France is Paris." rather than "Paris".
+Both models get the question alone, without the run's system prompt, so the prompts are identical.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+
+from tunewright.data.example import Message
+from tunewright.data.tokenize import ChatTokenizer
+from tunewright.evaluate.compare import paired_comparison, significance_sentence
+from tunewright.evaluate.generate import generate
+from tunewright.evaluate.metrics import normalize_answer
+
+# Short facts need few tokens; a longer limit only buys rambling.
+MAX_NEW_TOKENS = 32
+_MAX_PROMPT_TOKENS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralItem:
+    id: str
+    prompt: str
+    answers: tuple[str, ...]
+
+
+@cache
+def general_set() -> tuple[GeneralItem, ...]:
+    """The bundled general-ability questions."""
+    text = files("tunewright.evaluate").joinpath("general_set.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return tuple(GeneralItem(r["id"], r["prompt"], tuple(r["answers"])) for r in rows)
+
+
+def contains_reference(answer: str, references: tuple[str, ...]) -> bool:
+    """True when any normalised reference occurs in the normalised answer as whole words."""
+    haystack = f" {normalize_answer(answer)} "
+    return any(f" {normalize_answer(ref)} " in haystack for ref in references)
+
+
+def answer_general(model, tokenizer, *, batch_size: int) -> list[str]:
+    """Greedy answers of one model to every general question, in set order."""
+    chat = ChatTokenizer(tokenizer, None, _MAX_PROMPT_TOKENS)
+    prompts = [chat.encode_prompt((Message("user", item.prompt),)) for item in general_set()]
+    return [g.text for g in generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
+                                     batch_size=batch_size)]
+
+
+def forgetting_summary(base_answers: list[str], tuned_answers: list[str]) -> dict:
+    """Accuracy of each model, the paired test of tuned vs base, and one sentence about it."""
+    items = general_set()
+    base_right = [contains_reference(a, item.answers) for a, item in zip(base_answers, items, strict=True)]
+    tuned_right = [contains_reference(a, item.answers) for a, item in zip(tuned_answers, items, strict=True)]
+    test = paired_comparison("classification", "general_accuracy", [float(r) for r in base_right],
+                             [float(r) for r in tuned_right], base_right, tuned_right)
+    base_acc, tuned_acc = sum(base_right) / len(items), sum(tuned_right) / len(items)
+    if test["p_value"] < 0.05 and test["delta"] < 0:
+        sentence = f"General answers got worse by {-test['delta'] * 100:.1f} pts (p = {test['p_value']:.2g})"
+    elif test["p_value"] < 0.05:
+        sentence = f"General answers got {significance_sentence(test['delta'], test['p_value'])}"
+    else:
+        sentence = f"No significant loss on general questions (p = {test['p_value']:.2g})"
+    sentence += f": base {base_right.count(True)}/{len(items)}, tuned {tuned_right.count(True)}/{len(items)} right."
+    rows = [{"id": item.id, "prompt": item.prompt, "answers": list(item.answers),
+             "base": {"answer": b, "right": br}, "tuned": {"answer": t, "right": tr}}
+            for item, b, t, br, tr in zip(items, base_answers, tuned_answers, base_right, tuned_right)]
+    return {"n": len(items), "base_accuracy": base_acc, "tuned_accuracy": tuned_acc, "test": test,
+            "sentence": sentence, "rows": rows}

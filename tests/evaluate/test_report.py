@@ -1,0 +1,105 @@
+"""The verdict, report.md and the self-contained report.html, on hand-made results (no model)."""
+
+import base64
+import json
+import re
+
+import pytest
+
+from tunewright.evaluate.compare import outcomes, paired_comparison, right_flags, strongest
+from tunewright.evaluate.general import forgetting_summary, general_set
+from tunewright.evaluate.generate import Generation
+from tunewright.evaluate.report import verdict, write_reports
+from tunewright.evaluate.runner import EvalResult, ModelScores
+
+LABELS = [f"label_{k:02d}" for k in range(20)]
+N = 60
+REFS = [LABELS[i % len(LABELS)] for i in range(N)]
+
+
+def _scores(name: str, right: int) -> ModelScores:
+    """The first `right` examples answered correctly, the rest with the next label."""
+    preds = [r if i < right else LABELS[(LABELS.index(r) + 1) % len(LABELS)] for i, r in enumerate(REFS)]
+    per_example = [float(p == r) for p, r in zip(preds, REFS)]
+    cell = {"value": right / N, "low": max(0, right / N - 0.1), "high": min(1, right / N + 0.1)}
+    return ModelScores(name, f"{name} prompt", {"accuracy": cell}, per_example,
+                       right_flags("classification", per_example),
+                       [Generation(p, len(p) // 3, True) for p in preds], preds, 1.0)
+
+
+def _result(base_right: tuple[int, int], tuned_right: int, general: bool = True) -> EvalResult:
+    models = {"base_0shot": _scores("base_0shot", base_right[0]), "base_kshot": _scores("base_kshot", base_right[1]),
+              "tuned": _scores("tuned", tuned_right)}
+    result = EvalResult("classification", "accuracy", N, models, labels=LABELS, references=REFS,
+                        prompts=[f"question <{i}>" for i in range(N)])
+    tuned = models["tuned"]
+    for name in ("base_0shot", "base_kshot"):
+        result.comparisons[name] = paired_comparison("classification", "accuracy", models[name].per_example,
+                                                     tuned.per_example, models[name].right, tuned.right)
+    result.strongest_base = strongest({n: models[n].metrics["accuracy"]["value"] for n in ("base_0shot", "base_kshot")})
+    result.outcomes = outcomes(tuned.right, models[result.strongest_base].right)
+    if general:
+        answers = [item.answers[0] for item in general_set()]
+        result.general = forgetting_summary(answers, answers[:10] + ["no idea"] * (len(answers) - 10))
+    return result
+
+
+def test_verdict_is_against_the_stronger_base():
+    result = _result((10, 30), 50)
+    sentence = verdict(result)
+    assert sentence.startswith("The tuned model is better than the stronger base variant (base_kshot")
+    assert "0.833 vs 0.500" in sentence and "p = " in sentence
+    close = _result((10, 49), 50)
+    assert verdict(close).startswith("No significant difference between the tuned model and the stronger base "
+                                     "variant (base_kshot")
+
+
+def test_verdict_without_a_base_says_so():
+    result = _result((10, 30), 50)
+    result.comparisons, result.strongest_base = {}, None
+    assert "no comparison" in verdict(result)
+
+
+@pytest.fixture
+def reports(tmp_path):
+    result = _result((10, 30), 50)
+    metrics = [{"step": s, "time": 0.0, "train_loss": 3.0 / s, "lr": 1e-3} for s in range(1, 11)]
+    metrics += [{"step": 10, "time": 0.0, "val_loss": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics) + "\n")
+    md, html = write_reports(result, tmp_path, training={"steps": 10, "val_loss": 0.5})
+    return result, tmp_path, md.read_text(), html.read_text()
+
+
+def test_markdown_lists_every_variant_and_the_forgetting_check(reports):
+    _, _, md, _ = reports
+    for name in ("base_0shot", "base_kshot", "tuned"):
+        assert f"| {name} |" in md
+    assert "## Forgetting check" in md and "General answers got worse by" in md
+    assert "tuned better on 20, base_kshot better on 0" in md
+
+
+def test_html_is_self_contained_with_every_section(reports):
+    result, _, _, html = reports
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "no external resources"
+    assert "<script" not in html
+    for heading in ("Metrics", "Forgetting check", "Training", "Confusion matrix (the 15 most frequent of 20 labels)",
+                    "Answer lengths", "Where they differ: tuned better on 20, base_kshot better on 0"):
+        assert f"<h2>{heading}</h2>" in html, heading
+    assert "Metric vs training examples" not in html, "no scaling section without scaling.json"
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 3  # loss curves, confusion matrix, answer lengths
+    assert all(base64.b64decode(png).startswith(b"\x89PNG") for png in images)
+    assert "question &lt;31&gt;" in html, "prompts are escaped"
+    assert verdict(result).split(":")[0] in html
+
+
+def test_scaling_plot_appears_when_scaling_json_exists(tmp_path):
+    (tmp_path / "scaling").mkdir()
+    points = [{"fraction": f, "examples": int(2000 * f), "value": 0.5 + f / 3, "low": 0.4 + f / 3,
+               "high": 0.6 + f / 3} for f in (0.1, 0.25, 0.5, 1.0)]
+    (tmp_path / "scaling" / "scaling.json").write_text(json.dumps({"metric": "accuracy", "points": points}))
+    _, html = write_reports(_result((10, 30), 50, general=False), tmp_path)
+    text = html.read_text()
+    assert "<h2>Metric vs training examples</h2>" in text
+    assert "Forgetting check" not in text and "<h2>Training</h2>" not in text
+    assert len(re.findall(r"data:image/png;base64,", text)) == 3  # scaling, confusion, lengths
