@@ -1,16 +1,23 @@
 """Data parallelism: two processes (torchrun, gloo on CPU), replicated (DDP) or sharded (FSDP2),
-give the same weights as one process with the same global batch (gradient accumulation 2)."""
+give the same weights as one process with the same global batch (gradient accumulation 2); and a
+sharded run killed mid-way and resumed from its checkpoint ends where an uninterrupted one does."""
 
+import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil  # accelerate's dependency
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.train.test_loop import config
+from tunewright.train.checkpoint import latest_checkpoint
 
 WORKER = Path(__file__).with_name("train_worker.py")
 COMMON = ["train.max_steps=4", "train.batch_size=4", "train.lr_warmup_steps=0"]
@@ -50,3 +57,67 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
     else:  # every weight moved (a gathered-but-stale shard would show up as an unchanged tensor)
         initial = load_file(tiny_model_dir / "model.safetensors")
         assert all(not torch.equal(initial[k], b[k]) for k in initial if k in b)
+
+
+STEPS = 8
+RESUMABLE = ["train.fsdp=true", "train.batch_size=4", f"train.max_steps={STEPS}", "train.epochs=10",
+             "train.checkpoint_every_steps=1", "train.keep_checkpoints=2", "train.resume=true"]
+
+
+def torchrun(recipe: Path, *overrides: str, kill_after_step: int | None = None) -> None:
+    """Two FSDP processes under torchrun; with `kill_after_step`, SIGKILL the launcher and both
+    workers once that step's checkpoint is complete."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+               str(recipe), *RESUMABLE, *overrides]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if kill_after_step is None:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        return
+    marker = recipe.parent / "runs" / "t" / "checkpoints" / f"step-{kill_after_step:08d}" / "COMPLETE"
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert proc.poll() is None, f"ended before step {kill_after_step}: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # torchrun starts each worker in a session of its own: killing the launcher (or its process
+    # group) would leave them training on. The launcher goes first, so it cannot react.
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2, workers
+    proc.send_signal(signal.SIGKILL)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, alive
+
+
+def logged_steps(root: Path) -> list[int]:
+    rows = (json.loads(line) for line in (root / "runs" / "t" / "metrics.jsonl").read_text().splitlines())
+    return [row["step"] for row in rows if "train_loss" in row]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fsdp_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, method):
+    # dropout draws from each rank's RNG, over micro-batches of different shapes: the resumed
+    # ranks must each get their own generator state back
+    extra = ["train.method=lora", "train.lora_dropout=0.2"] if method == "lora" else ["train.method=full", "train.lr=0.003"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    config(whole, tiny_model_dir)
+    config(broken, tiny_model_dir)
+    torchrun(whole / "r.yaml", *extra)
+    step = random.Random().randint(2, 4)  # a different step each run: resume must work from any
+    torchrun(broken / "r.yaml", *extra, kill_after_step=step)
+    output = broken / "runs" / "t" / ("adapter" if method == "lora" else "model")
+    assert not output.exists(), "killed before the end: nothing saved yet"
+    resume_from = latest_checkpoint(broken / "runs" / "t" / "checkpoints")
+    assert resume_from is not None and resume_from.name < f"step-{STEPS:08d}", "steps are left to train"
+    torchrun(broken / "r.yaml", *extra)
+    assert logged_steps(broken).count(1) == 1, "the second run resumed rather than starting over"
+
+    a, b = trained_weights(whole, method), trained_weights(broken, method)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -141,3 +141,8 @@ def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_model_dir):
     assert result.output_dir is None and not (cfg.run_dir / "adapter").exists()
     assert result.tokens_per_second > 0 and result.peak_memory_mb > 0
     assert result.planned_steps > 3 and result.eta_seconds > 0
+    # the ETA is per token: every planned step's tokens, all the run's tokens (4 epochs of the split)
+    assert len(result.planned_step_tokens) == result.planned_steps
+    dataset = prepare(cfg, console=QUIET)
+    full = train(cfg, dataset, console=QUIET)
+    assert sum(result.planned_step_tokens) == full.trained_tokens

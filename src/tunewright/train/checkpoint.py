@@ -10,13 +10,17 @@ A checkpoint is a folder `step-{step:08d}` holding
     rng.json                Python's `random` and numpy's global generator states
     COMPLETE                written last; a folder without it is ignored
 
+Under several processes each rank's generators are kept: rank 0's under the names above, rank r's
+under `rank{r}.` (tensors) and `rank{r}` (JSON). Under FSDP the caller gathers whole tensors first
+(`fsdp_state.gather_full_state`), so the files are the same with or without sharding.
+
 Writes go to `.tmp-step-{step}-{uuid}`, every file and the folder are fsynced, the folder is
 renamed into place and only then is COMPLETE written (and fsynced), so a crash at any point
 leaves the previous checkpoints loadable. Nothing is pickled: a checkpoint from an untrusted
 source can be loaded without running its code, and the files read with any safetensors reader.
 
 Only the main process should call `save_checkpoint`; `latest_checkpoint` deletes `.tmp-*`
-leftovers, so it must not run while a save is in flight.
+leftovers, so it must not run while a save is in flight (all ranks may run it at once at startup).
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ from typing import Any, TypedDict
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LRScheduler
+
+from tunewright.train.fsdp_state import load_full_state
 
 __all__ = [
     "RngState",
     "TrainerState",
     "capture_rng_state",
+    "gather_rng_states",
     "latest_checkpoint",
     "load_checkpoint",
     "restore_rng_state",
@@ -95,6 +103,20 @@ def capture_rng_state() -> RngState:
         },
         "python": [version, list(internal), gauss_next],
     }
+
+
+def gather_rng_states() -> list[RngState]:
+    """Every process's `capture_rng_state()`, indexed by rank. Collective under torch.distributed.
+
+    Ranks need not draw alike (dropout over micro-batches of different shapes, a step whose
+    micro-batches split unevenly), so for an exact resume each rank continues from its own state.
+    """
+    mine = capture_rng_state()
+    if not dist.is_initialized():
+        return [mine]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)  # pickled over the wire only; the checkpoint stays pickle-free
+    return states
 
 
 def restore_rng_state(state: RngState) -> None:
@@ -163,9 +185,8 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 # --- optimizer and scheduler as tensors + JSON ----------------------------------------------
 
 
-def _split_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as flat named tensors, and everything else as JSON."""
-    state_dict = optimizer.state_dict()
+def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's `state_dict()` as flat named tensors, and everything else as JSON."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, param_state in state_dict["state"].items():
@@ -269,9 +290,9 @@ def save_checkpoint(
     *,
     step: int,
     model_state: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     scheduler: LRScheduler | None,
-    rng: RngState,
+    rng: RngState | list[RngState],
     data_state: dict[str, Any],
     metrics: dict[str, Any],
     keep_last: int,
@@ -284,7 +305,8 @@ def save_checkpoint(
     records the best one's name in `directory/best.json`. Call it only at optimizer-step
     boundaries, or a resume double-counts gradient accumulation. `data_state` and `metrics`
     must be JSON-serialisable. Saving a step that already has a complete checkpoint raises
-    FileExistsError.
+    FileExistsError. `optimizer` is the optimizer or its (whole, unsharded) `state_dict()`; `rng`
+    is this process's state or, from `gather_rng_states`, every rank's.
     """
     if keep_last < 1:
         raise ValueError(f"train.keep_last must be at least 1, got {keep_last}")
@@ -318,9 +340,9 @@ def _write_files(
     folder: Path,
     step: int,
     model_state: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     scheduler: LRScheduler | None,
-    rng: RngState,
+    rng: RngState | list[RngState],
     data_state: dict[str, Any],
     metrics: dict[str, Any],
 ) -> None:
@@ -332,11 +354,19 @@ def _write_files(
         "metrics": metrics,
     }
     _write_json(folder / "trainer_state.json", trainer_state)
-    _write_json(folder / "rng.json", {"numpy": rng["numpy"], "python": rng["python"]})
-    rng_tensors = {"torch_cpu": rng["torch_cpu"]}
-    rng_tensors |= {f"torch_cuda.{i}": state for i, state in enumerate(rng["torch_cuda"])}
+    states = rng if isinstance(rng, list) else [rng]
+    # rank 0 unprefixed: the layout of a single-process checkpoint
+    rng_meta: dict[str, Any] = {"numpy": states[0]["numpy"], "python": states[0]["python"]}
+    rng_meta |= {f"rank{r}": {"numpy": s["numpy"], "python": s["python"]} for r, s in enumerate(states) if r}
+    rng_tensors: dict[str, torch.Tensor] = {}
+    for rank, state in enumerate(states):
+        prefix = f"rank{rank}." if rank else ""
+        rng_tensors[f"{prefix}torch_cpu"] = state["torch_cpu"]
+        rng_tensors |= {f"{prefix}torch_cuda.{i}": cuda for i, cuda in enumerate(state["torch_cuda"])}
+    _write_json(folder / "rng.json", rng_meta)
     _save_tensors(folder / "rng.safetensors", rng_tensors)
-    optimizer_tensors, optimizer_meta = _split_optimizer(optimizer)
+    optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    optimizer_tensors, optimizer_meta = _split_optimizer(optimizer_state)
     _write_json(folder / "optimizer.json", optimizer_meta)
     _save_tensors(folder / "optimizer.safetensors", optimizer_tensors)
     _save_tensors(folder / "model.safetensors", model_state)
@@ -365,7 +395,10 @@ def latest_checkpoint(directory: Path) -> Path | None:
         return None
     for path in directory.iterdir():
         if path.name.startswith(_TMP_PREFIX):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            try:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            except FileNotFoundError:  # every rank sweeps at startup; another got there first
+                pass
     checkpoints = _complete_checkpoints(directory)
     return checkpoints[-1] if checkpoints else None
 
@@ -377,13 +410,17 @@ def load_checkpoint(
     scheduler: LRScheduler | None,
     *,
     restore_rng: bool = True,
+    rank: int = 0,
+    sharded: bool = False,
 ) -> TrainerState:
     """Restore model, optimizer and scheduler in place from checkpoint `path`.
 
     Every tensor in `model.safetensors` must name a key of `model.state_dict()` (a checkpoint
     may hold only a subset, e.g. LoRA's trainable tensors; a name the model lacks is an error).
     The optimizer and scheduler must be built the same way as for the saved run. With
-    `restore_rng` (the default) the random generators are restored as well.
+    `restore_rng` (the default) the random generators are restored as well, to those `rank`
+    saved (rank 0's when the checkpoint has none for `rank`, e.g. one from a single process).
+    `sharded`: the model is sharded with FSDP2; then this is collective, and every rank calls it.
     """
     if not (path / COMPLETE).exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
@@ -392,15 +429,14 @@ def load_checkpoint(
     unknown = sorted(set(state) - set(model.state_dict()))
     if unknown:
         raise KeyError(f"{path / 'model.safetensors'} has tensors the model lacks: {unknown[:5]}")
-    model.load_state_dict(state, strict=False)
-
-    optimizer.load_state_dict(
-        _join_optimizer(
-            optimizer,
-            load_file(str(path / "optimizer.safetensors")),
-            _read_json(path / "optimizer.json"),
-        )
+    optimizer_state = _join_optimizer(
+        optimizer, load_file(str(path / "optimizer.safetensors")), _read_json(path / "optimizer.json")
     )
+    if sharded:
+        load_full_state(model, optimizer, state, optimizer_state)
+    else:
+        model.load_state_dict(state, strict=False)
+        optimizer.load_state_dict(optimizer_state)
 
     trainer_state = _read_json(path / "trainer_state.json")
     if scheduler is not None:
@@ -410,10 +446,14 @@ def load_checkpoint(
 
     rng_tensors = load_file(str(path / "rng.safetensors"))
     rng_meta = _read_json(path / "rng.json")
-    cuda_count = sum(1 for name in rng_tensors if name.startswith("torch_cuda."))
+    if rank and f"rank{rank}" in rng_meta:
+        prefix, rng_meta = f"rank{rank}.", rng_meta[f"rank{rank}"]
+    else:
+        prefix = ""
+    cuda_count = sum(1 for name in rng_tensors if name.startswith(f"{prefix}torch_cuda."))
     rng: RngState = {
-        "torch_cpu": rng_tensors["torch_cpu"],
-        "torch_cuda": [rng_tensors[f"torch_cuda.{i}"] for i in range(cuda_count)],
+        "torch_cpu": rng_tensors[f"{prefix}torch_cpu"],
+        "torch_cuda": [rng_tensors[f"{prefix}torch_cuda.{i}"] for i in range(cuda_count)],
         "numpy": rng_meta["numpy"],
         "python": rng_meta["python"],
     }

@@ -45,8 +45,9 @@ class MicroBatches:
 
     @classmethod
     def build(cls, chat: ChatTokenizer, examples: list[Example], pad_id: int, *, packing: bool,
-              max_seq_len: int) -> MicroBatches:
-        encoded = [drop_untrained_tail(chat.encode_example(e)) for e in examples]
+              max_seq_len: int, extra: list[TokenizedExample] = ()) -> MicroBatches:
+        """`extra`: examples already tokenised (general replay), trained alongside `examples`."""
+        encoded = [drop_untrained_tail(e) for e in [*(chat.encode_example(e) for e in examples), *extra]]
         if packing:
             rows = pack_examples(
                 [{"input_ids": e.input_ids, "labels": e.labels, "loss_weights": e.loss_weights} for e in encoded],

@@ -1,0 +1,29 @@
+"""Keep the host allocator from hoarding freed activation memory (glibc only).
+
+glibc's malloc serves a block from its heap unless the block is larger than `M_MMAP_THRESHOLD`,
+which starts at 128 KiB and rises (up to 32 MiB) every time a larger mmapped block is freed. After
+the first few frees, every activation tensor of a training step (MBs to tens of MBs) comes from
+the heap, and the heap hardly ever shrinks: a layer's freed temporaries stay resident while the
+next layer allocates its own above them. Measured on SmolLM2-135M, LoRA, batch 8 x 366 tokens
+with activation checkpointing: 1.9 GB of the heap was free-but-resident after one forward pass,
+peak RSS 3.8 GB; with a fixed 1 MiB threshold, 1.8 GB. A fixed threshold serves every tensor of
+1 MiB or more with its own mapping and gives it back to the OS when freed; the price is page
+faults on reuse: at most ~1 s of system time per optimiser step here (steps of 30-100 s).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 1 << 20  # smaller: more mmap calls for little gain; larger: fragmentation returns
+
+
+def release_freed_tensors_to_os(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Make glibc serve blocks of `threshold_bytes` or more from their own mappings, returned to
+    the OS when freed. Process-wide and lasting. Returns False where the C library is not glibc
+    (macOS, musl): their allocators have no such option."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, threshold_bytes))

@@ -1,0 +1,101 @@
+"""General replay: keep the tuned model answering general questions like the base did.
+
+Tuning on thousands of examples that all end in a label teaches a small model to answer *every*
+chat with a label: measured on Banking77, the forgetting check fell from 31/54 right to 0/54. The
+cure used here is self-distillation replay: before training, the base model answers a few hundred
+general prompts (`replay_prompts.jsonl`, written for tunewright: explanations, short poems, word
+lists about everyday topics, none of them a question of the forgetting check), and those answers
+are mixed into the training set. They are chats *without* the run's system prompt, so the model
+learns the difference: the domain instruction asks for a label, a plain chat gets a plain answer.
+Replaying the base's own answers (not some other model's) asks it to keep, not to change, its
+general behaviour, and needs no outside data or licence.
+
+The answers are cached in the run folder (a dry run and the real run share them).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tunewright.data.example import Example, Message
+from tunewright.data.tokenize import ChatTokenizer, TokenizedExample, TooLongError
+from tunewright.evaluate.generate import Generation, generate
+
+# answers that have not ended by then are dropped, not cut (a cut answer would teach stopping
+# mid-sentence); short enough that most replayed chats fit a recipe's max_seq_len of 128-160
+MAX_ANSWER_TOKENS = 64
+_GENERATION_BATCH = 32
+CACHE_FILE = "replay.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayChat:
+    prompt: str
+    answer: str
+
+
+@cache
+def replay_prompts() -> tuple[str, ...]:
+    """The bundled general prompts."""
+    text = files("tunewright.train").joinpath("replay_prompts.jsonl").read_text(encoding="utf-8")
+    return tuple(json.loads(line)["prompt"] for line in text.splitlines() if line.strip())
+
+
+def pick_prompts(count: int, seed: int) -> list[str]:
+    """`count` of the bundled prompts (all of them at most), in a seeded order."""
+    prompts = list(replay_prompts())
+    random.Random(seed).shuffle(prompts)
+    return prompts[:count]
+
+
+def keep_finished(prompts: list[str], generations: list[Generation]) -> list[ReplayChat]:
+    """Prompt/answer pairs whose answer ended on its own and is not empty."""
+    return [ReplayChat(p, g.text) for p, g in zip(prompts, generations, strict=True) if g.stopped and g.text]
+
+
+def base_replay(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, count: int, seed: int, model_name: str,
+    cache_dir: Path | None,
+) -> list[ReplayChat]:
+    """The base model's greedy answers to `count` general prompts; read from `cache_dir` when it
+    holds answers of the same model to the same prompts."""
+    prompts = pick_prompts(count, seed)
+    cache_path = cache_dir / CACHE_FILE if cache_dir is not None else None
+    key = {"model": model_name, "prompts": prompts, "max_answer_tokens": MAX_ANSWER_TOKENS}
+    if cache_path is not None and cache_path.exists():
+        lines = cache_path.read_text(encoding="utf-8").splitlines()
+        if lines and json.loads(lines[0]) == key:
+            return [ReplayChat(**json.loads(line)) for line in lines[1:]]
+    chat = ChatTokenizer(tokenizer, None, 10_000)  # no system prompt: plain chats, as the forgetting check asks
+    encoded = [chat.encode_prompt((Message("user", p),)) for p in prompts]
+    generations = generate(model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH)
+    model.train()
+    chats = keep_finished(prompts, generations)
+    if cache_path is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(key)] + [json.dumps({"prompt": c.prompt, "answer": c.answer}) for c in chats]
+        tmp = cache_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(cache_path)
+    return chats
+
+
+def encode_replay(chats: list[ReplayChat], tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> list[TokenizedExample]:
+    """Training examples of the replayed chats, without the run's system prompt; any longer than
+    `max_seq_len` are left out."""
+    chat = ChatTokenizer(tokenizer, None, max_seq_len)
+    encoded = []
+    for c in chats:
+        example = Example(messages=(Message("user", c.prompt), Message("assistant", c.answer)), source="general replay")
+        try:
+            encoded.append(chat.encode_example(example))
+        except TooLongError:
+            continue
+    return encoded
