@@ -16,6 +16,7 @@ The answers are cached in the run folder (a dry run and the real run share them)
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from functools import cache
@@ -81,7 +82,7 @@ def base_replay(
     if cache_path is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(key)] + [json.dumps({"prompt": c.prompt, "answer": c.answer}) for c in chats]
-        tmp = cache_path.with_suffix(".tmp")
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")  # under DDP every rank writes the same answers
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         tmp.replace(cache_path)
     return chats
