@@ -10,13 +10,11 @@ Healthcare has two recipes: PubMedQA (yes/no/maybe, macro-F1) and MedQuAD questi
 
 For each recipe (on its default model, SmolLM2-135M, unless an override says otherwise), with the
 BUDGET_OVERRIDES below and then the command line's:
-1. prepare its data and measure training speed with a dry run (one warm-up step, then a few
-   timed steps, on this machine, in this process);
-2. cap `train.max_steps` at the steps that fit the budget at that speed (the training loop has
-   no time limit of its own; a recipe smaller than the budget trains in full);
-3. run the recipe (`tunewright.pipeline.run`: prepare, train, evaluate, report) into
-   `<output-dir>/<recipe>/`;
-4. read back `eval/results.json` (every model variant it scored: base zero-shot, base k-shot,
+1. run the recipe (`tunewright.pipeline.run`: prepare, train, evaluate, report) into
+   `<output-dir>/<recipe>/` with `train.max_minutes` set to the budget: training stops when the
+   budget is spent, and its learning-rate schedule decays over the budget (train/time_budget.py;
+   a recipe smaller than the budget trains in full);
+2. read back `eval/results.json` (every model variant it scored: base zero-shot, base k-shot,
    tuned, ...), `training.json` and the evaluated references in `eval/examples.jsonl`.
 
 It prints, per recipe and variant, the headline metric and macro-F1 with 95% bootstrap intervals,
@@ -32,7 +30,6 @@ rows, no general-knowledge check. Its scores mean nothing.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from collections import Counter
@@ -41,10 +38,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tunewright.config import RunConfig, load_config
-from tunewright.data.prepare import prepare
+from tunewright.config import load_config
 from tunewright.pipeline import run
-from tunewright.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("customer-support", "finance", "healthcare", "healthcare-qa")
@@ -60,29 +55,7 @@ BUDGET_OVERRIDES = {
     "healthcare": ["train.epochs=4", "evaluate.label_decoding=constrained"],  # 475 training questions
     "healthcare-qa": ["data.max_train_examples=null", "data.max_test_examples=100"],  # free text: slow to generate
 }
-# Timed steps after the warm-up one. Steps vary in length: the mean of 3 steps' times
-# under-estimated Banking77's by 11% (2.9 s measured, 3.26 s over the 311 steps trained), so the
-# dry run now times 8 steps and the budget is filled by tokens, with a 10% margin.
-DRY_RUN_STEPS = 8
-BUDGET_MARGIN = 0.9
 QUICK = ["train.max_steps=30", "train.batch_size=4", "data.max_test_examples=50", "evaluate.general_check=false"]
-
-
-def fit_budget(cfg: RunConfig, budget_seconds: float, console: Console) -> dict:
-    """Measure time per token with a dry run; the optimiser steps that fit the budget."""
-    dataset = prepare(cfg, console=console)
-    dry = train(cfg, dataset, console=console, dry_run_steps=DRY_RUN_STEPS)
-    # the dry run's time per token, applied to the tokens of each planned step in order
-    seconds_per_token = dry.eta_seconds / max(sum(dry.planned_step_tokens), 1)
-    cumulative = itertools.accumulate(dry.planned_step_tokens)
-    fitting = max(1, sum(1 for tokens in cumulative if tokens * seconds_per_token <= BUDGET_MARGIN * budget_seconds))
-    seconds_per_step = dry.eta_seconds / max(dry.planned_steps, 1)
-    return {
-        "planned_steps": dry.planned_steps,
-        "measured_seconds_per_step": round(seconds_per_step, 2),
-        "measured_tokens_per_second": round(dry.tokens_per_second, 1),
-        "max_steps": min(dry.planned_steps, fitting),
-    }
 
 
 def majority_baseline(references: list[str], labels: list[str]) -> dict:
@@ -96,14 +69,9 @@ def majority_baseline(references: list[str], labels: list[str]) -> dict:
 
 def run_recipe(name: str, budget_seconds: float, overrides: list[str], output_dir: Path, console: Console) -> dict:
     recipe = ROOT / "recipes" / f"{name}.yaml"
-    base = [f"output_dir={output_dir}", *BUDGET_OVERRIDES.get(name, []), *overrides]
-    cfg = load_config(recipe, base)
-    console.rule(f"{name}: measuring training speed")
-    budget = fit_budget(cfg, budget_seconds, console)
-    console.print(f"{budget['measured_tokens_per_second']:.0f} tokens/s, {budget['measured_seconds_per_step']:.1f} s "
-                  f"per step: {budget['max_steps']} of {budget['planned_steps']} planned steps fit "
-                  f"{budget_seconds / 60:.1f} min")
-    cfg = load_config(recipe, [*base, f"train.max_steps={budget['max_steps']}"])
+    cfg = load_config(recipe, [f"output_dir={output_dir}", *BUDGET_OVERRIDES.get(name, []),
+                               f"train.max_minutes={budget_seconds / 60:g}", *overrides])
+    console.rule(f"{name}: at most {budget_seconds / 60:g} min of training")
     started = time.perf_counter()
     run(cfg, console=console)
     wall = time.perf_counter() - started
@@ -113,10 +81,11 @@ def run_recipe(name: str, budget_seconds: float, overrides: list[str], output_di
     rows = [json.loads(line) for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()]
     out = {
         "recipe": name, "run_dir": str(cfg.run_dir), "task": results["task"], "headline": results["headline"],
-        "n_examples": results["n_examples"], "budget": budget, "training": training,
+        "n_examples": results["n_examples"], "budget_minutes": budget_seconds / 60, "training": training,
         "run_seconds": round(wall, 1),
         "models": {m: v["metrics"] for m, v in results["models"].items()},
         "comparison": results.get("comparison") or {},
+        "comparisons": results.get("comparisons") or {},
         "strongest_base": results.get("strongest_base"),
     }
     if results["task"] == "classification":
@@ -137,7 +106,8 @@ def table_rows(result: dict) -> list[list[str]]:
     """One row per scored variant, plus the majority-class baseline."""
     head = result["headline"]
     percent = head == "accuracy"
-    seconds = f"{result['training']['seconds']:.0f} s, {result['training']['steps']} steps"
+    t = result["training"]
+    seconds = f"{t['seconds']:.0f} s, {t['steps']} of {t.get('planned_steps', '?')} planned steps"
     rows = []
     for model, metrics in result["models"].items():
         rows.append([result["recipe"], model, _cell(metrics, head, percent), _cell(metrics, "macro_f1", False),
@@ -154,8 +124,13 @@ def verdict(result: dict) -> str:
         return f"{result['recipe']}: no tuned-vs-base comparison in results.json"
     p = c.get("mcnemar_p_value", c.get("p_value_bootstrap"))
     p_text = f", p = {p:.2g}" if p is not None else ""
-    return (f"{result['recipe']}: tuned - {result.get('strongest_base') or 'base'} = {c['delta']:+.3f} "
+    text = (f"{result['recipe']}: tuned - {result.get('strongest_base') or 'base'} = {c['delta']:+.3f} "
             f"{result['headline']} (95% CI [{c['low']:+.3f}, {c['high']:+.3f}]{p_text}) over {result['n_examples']} examples")
+    # macro-F1 against every base variant: where one label dominates, accuracy can hide that
+    # tuning learned only the prior
+    f1 = [f"{name} {m['delta']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}], p = {m['p_value']:.2g}"
+          for name, comp in (result.get("comparisons") or {}).items() if (m := comp.get("macro_f1"))]
+    return text + (f"; macro-F1 tuned minus {'; '.join(f1)}" if f1 else "")
 
 
 def write_markdown(results: list[dict], path: Path, header: str) -> None:

@@ -132,6 +132,9 @@ class TrainConfig(_Strict):
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA); slower, sometimes better.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Time budget: stop when this much training time is spent; the LR schedule decays over it.",
+    )
     batch_size: int = Field(16, ge=1, description="Examples per micro-batch.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
@@ -149,6 +152,9 @@ class TrainConfig(_Strict):
     )
     activation_checkpointing: bool = Field(
         False, description="Memory-lean: recompute activations in backward, return freed memory to the OS (~1/4 the RSS, ~1/2 the speed).",
+    )
+    shared_prefix: bool = Field(
+        True, description="Run the prompt start all rows of a micro-batch share (system prompt, headers) once, not per row; same result, faster.",
     )
     general_replay: int = Field(
         0, ge=0, le=240,

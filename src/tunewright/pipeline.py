@@ -61,6 +61,8 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
     result = evaluate(cfg, dataset, trained.output_dir, console=console)
     training = {
         "steps": trained.steps,
+        "planned_steps": trained.planned_steps,
+        "stopped_by_time_budget": trained.out_of_time,
         "seconds": round(trained.seconds, 1),
         "tokens_per_second": round(trained.tokens_per_second, 1),
         "final_train_loss": round(trained.train_loss, 4),

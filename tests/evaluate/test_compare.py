@@ -5,6 +5,7 @@ import pytest
 from tunewright.evaluate.compare import (
     outcomes,
     paired_comparison,
+    paired_macro_f1,
     right_flags,
     significance_sentence,
     strongest,
@@ -35,6 +36,19 @@ def test_generation_comparison_quotes_the_bootstrap():
     c = paired_comparison("generation", "rouge_l", base, tuned, right_flags("generation", base),
                           right_flags("generation", tuned))
     assert c["delta"] == 0 and c["p_value"] == c["p_value_bootstrap"] == 1.0 and "mcnemar_p_value" not in c
+
+
+def test_macro_f1_comparison_against_hand_computed_values():
+    refs = ["yes"] * 60 + ["no"] * 20 + ["maybe"] * 20
+    base = ["yes"] * 100  # the majority label: F1 yes = 2*0.6/1.6 = 0.75, no = maybe = 0 -> 0.25
+    # tuned: 20 of the yes questions called "no", every no and maybe right:
+    # F1 yes = 2*1*(2/3)/(5/3) = 0.8, no = 2*0.5*1/1.5 = 2/3, maybe = 1 -> 0.8222
+    tuned = ["yes"] * 40 + ["no"] * 20 + ["no"] * 20 + ["maybe"] * 20
+    c = paired_macro_f1(base, tuned, refs, ["yes", "no", "maybe"])
+    assert c["delta"] == pytest.approx((0.8 + 2 / 3 + 1) / 3 - 0.25)
+    assert c["low"] <= c["delta"] <= c["high"] and c["low"] > 0 and c["p_value"] < 0.01
+    same = paired_macro_f1(base, base, refs, ["yes", "no", "maybe"])
+    assert same["delta"] == 0 and same["p_value"] == 1.0
 
 
 def test_strongest_and_sentence():

@@ -73,6 +73,8 @@ def test_every_variant_is_scored_and_compared_with_tuned(evaluated):
         tuned, other = result.models["tuned"].per_example, result.models[name].per_example
         assert c["delta"] == pytest.approx(sum(tuned) / len(tuned) - sum(other) / len(other))
         assert 0 <= c["p_value"] <= 1 and c["p_value"] == c["mcnemar_p_value"]
+        f1 = result.models["tuned"].metrics["macro_f1"]["value"] - result.models[name].metrics["macro_f1"]["value"]
+        assert c["macro_f1"]["delta"] == pytest.approx(f1) and 0 <= c["macro_f1"]["p_value"] <= 1
     for scores in result.models.values():
         cell = scores.metrics["accuracy"]
         assert cell["low"] <= cell["value"] <= cell["high"] and len(scores.answers) == len(test)

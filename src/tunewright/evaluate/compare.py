@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tunewright.evaluate.stats import mcnemar, paired_bootstrap
+from tunewright.evaluate.metrics import encode_labels, macro_f1_from_codes
+from tunewright.evaluate.stats import mcnemar, paired_bootstrap, paired_bootstrap_fn
 
 # A free-text answer counts as "right" for the per-example outcome when its ROUGE-L reaches this:
 # about half the reference's words in order. The continuous score is still what the test uses.
@@ -43,6 +44,24 @@ def paired_comparison(
     if task == "classification":
         out |= {"mcnemar_p_value": test.p_value, "p_value": test.p_value}
     return out
+
+
+def paired_macro_f1(
+    baseline_preds: Sequence[str | None], candidate_preds: Sequence[str | None], refs: Sequence[str],
+    labels: Sequence[str],
+) -> dict:
+    """Candidate minus baseline macro-F1 on the same examples: delta, 95% interval, bootstrap p.
+
+    Macro-F1 is not a mean over examples, so each resample recomputes both models' macro-F1 on
+    the same resampled examples. Where one label dominates, this is the test that says whether
+    tuning learned the rare labels, which an accuracy gain can hide."""
+    base_codes, ref_codes = encode_labels(baseline_preds, refs, labels)
+    cand_codes, _ = encode_labels(candidate_preds, refs, labels)
+    k = len(labels)
+    paired = paired_bootstrap_fn(
+        len(refs), lambda i: macro_f1_from_codes(cand_codes[i], ref_codes[i], k) - macro_f1_from_codes(base_codes[i], ref_codes[i], k)
+    )
+    return {"delta": paired.delta, "low": paired.low, "high": paired.high, "p_value": paired.p_value}
 
 
 def strongest(values: dict[str, float]) -> str | None:

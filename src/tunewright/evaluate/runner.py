@@ -27,7 +27,7 @@ from tunewright.data.example import Example, Message
 from tunewright.data.prepare import PreparedDataset
 from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.errors import ConfigError
-from tunewright.evaluate.compare import outcomes, paired_comparison, right_flags, strongest
+from tunewright.evaluate.compare import outcomes, paired_comparison, paired_macro_f1, right_flags, strongest
 from tunewright.evaluate.general import answer_general, forgetting_summary
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.evaluate.labels import LabelMatcher
@@ -208,6 +208,9 @@ def evaluate(
             if name != "tuned":
                 result.comparisons[name] = paired_comparison(task, headline, other.per_example, tuned.per_example,
                                                              other.right, tuned.right)
+                if task == "classification":
+                    result.comparisons[name]["macro_f1"] = paired_macro_f1(other.predictions, tuned.predictions,
+                                                                           refs, dataset.labels)
         result.strongest_base = strongest({n: m.metrics[headline]["value"] for n, m in models.items()
                                            if n.startswith("base_")})
         if result.strongest_base is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "bootstrap_ci_fn",
     "mcnemar",
     "paired_bootstrap",
+    "paired_bootstrap_fn",
 ]
 
 # Resample-index matrices are generated in blocks of at most this many entries (~32 MB of
@@ -134,13 +135,15 @@ def bootstrap_ci_fn(
     and `seed`. Example, with codes from `metrics.encode_labels`:
     `bootstrap_ci_fn(len(refs), lambda i: macro_f1_from_codes(preds[i], refs[i], k))`.
     """
-    samples = np.fromiter(
-        (fn(row) for idx in _resample_blocks(n, n_resamples, seed) for row in idx),
-        dtype=np.float64,
-        count=n_resamples,
-    )
-    low, high = _percentile_interval(samples, confidence)
+    low, high = _percentile_interval(_per_resample(n, fn, n_resamples, seed), confidence)
     return Interval(low=low, high=high, point=float(fn(np.arange(n))))
+
+
+def _per_resample(n: int, fn: Callable[[np.ndarray], float], n_resamples: int, seed: int) -> np.ndarray:
+    """`fn` of every resample's index row."""
+    return np.fromiter(
+        (fn(row) for idx in _resample_blocks(n, n_resamples, seed) for row in idx), dtype=np.float64, count=n_resamples
+    )
 
 
 def paired_bootstrap(
@@ -166,13 +169,30 @@ def paired_bootstrap(
     deltas = np.concatenate(
         [diff[idx].mean(axis=1) for idx in _resample_blocks(len(diff), n_resamples, seed)]
     )
-    delta = float(diff.mean())
+    return _paired_result(float(diff.mean()), deltas, confidence)
+
+
+def paired_bootstrap_fn(
+    n: int,
+    delta_fn: Callable[[np.ndarray], float],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> PairedResult:
+    """`paired_bootstrap` for a metric that is not a mean of per-example scores (macro-F1):
+    `delta_fn(indices)` is metric(B) - metric(A) on the examples at `indices`, both systems
+    resampled with the same indices."""
+    deltas = _per_resample(n, delta_fn, n_resamples, seed)
+    return _paired_result(float(delta_fn(np.arange(n))), deltas, confidence)
+
+
+def _paired_result(delta: float, deltas: np.ndarray, confidence: float) -> PairedResult:
     low, high = _percentile_interval(deltas, confidence)
     if delta == 0.0:
         p_value = 1.0
     else:
         flips = int(np.count_nonzero(deltas <= 0.0 if delta > 0.0 else deltas >= 0.0))
-        p_value = min(1.0, 2.0 * (flips + 1) / (n_resamples + 1))
+        p_value = min(1.0, 2.0 * (flips + 1) / (len(deltas) + 1))
     return PairedResult(delta=delta, low=low, high=high, p_value=p_value)
 
 

@@ -51,6 +51,7 @@ from tunewright.train.steps import (
     progress_bar,
     save_trained,
 )
+from tunewright.train.time_budget import budget_scheduler
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainResult:
     eta_seconds: float | None = None  # dry run: estimated time for the whole run
     planned_step_tokens: list[int] | None = None  # dry run: tokens in each planned optimiser step
     stopped_early: bool = False
+    out_of_time: bool = False  # stopped by train.max_minutes before the last planned step
 
 
 def train(
@@ -104,8 +106,10 @@ def train(
         chats = base_replay(loaded.model, loaded.tokenizer, count=tc.general_replay, seed=tc.seed,
                             model_name=cfg.model.name, cache_dir=run_dir / "data")
         replay = encode_replay(chats, loaded.tokenizer, cfg.data.max_seq_len)
+    # shared prefixes run a layer twice per forward: not under activation checkpointing (its
+    # layers drop the cache) nor FSDP (each call would gather the layer's shards again)
     data = MicroBatches.build(chat, dataset.train, pad_id, packing=tc.packing, max_seq_len=cfg.data.max_seq_len,
-                              extra=replay)
+                              extra=replay, share_prefix=tc.shared_prefix and not (tc.activation_checkpointing or fsdp))
     val_examples = [chat.encode_example(e) for e in dataset.val]
 
     model = apply_training_method(loaded.model, tc, precision)
@@ -122,12 +126,17 @@ def train(
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
     optimizer = torch.optim.AdamW(trainable.values(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if tc.lr_schedule == "constant" else tc.lr_schedule,
-        optimizer,
-        num_warmup_steps=min(tc.lr_warmup_steps, total_steps // 2),
-        num_training_steps=total_steps,
-    )
+    warmup_steps = min(tc.lr_warmup_steps, total_steps // 2)
+    budget = None
+    if tc.max_minutes is not None:  # the schedule runs over the time budget (train/time_budget.py)
+        scheduler, budget = budget_scheduler(optimizer, tc.lr_schedule, warmup_steps, total_steps, tc.max_minutes)
+    else:
+        scheduler = get_scheduler(
+            "constant_with_warmup" if tc.lr_schedule == "constant" else tc.lr_schedule,
+            optimizer,
+            num_warmup_steps=warmup_steps,
+            num_training_steps=total_steps,
+        )
     # the scheduler stays outside accelerate: it would step once per process, but our step
     # count is already global. Under FSDP the model is already sharded: accelerate would wrap it in DDP
     if fsdp:
@@ -137,13 +146,14 @@ def train(
 
     # --- resume: weights, optimiser, scheduler, RNG and data position ----------------------
     checkpoints = run_dir / "checkpoints"
-    start_step, trained_tokens, best_val, evals_without_gain = 0, 0, math.inf, 0
+    start_step, trained_tokens, best_val, evals_without_gain, seconds_before = 0, 0, math.inf, 0, 0.0
     if tc.resume and (latest := latest_checkpoint(checkpoints)) is not None:
         state = load_checkpoint(latest, model, optimizer, scheduler, restore_rng=restore_rng,
                                 rank=accelerator.process_index, sharded=fsdp)
         start_step, trained_tokens = state.step, state.data_state["trained_tokens"]
         best_val = state.metrics.get("best_val_loss", math.inf)
         evals_without_gain = state.data_state.get("evals_without_gain", 0)
+        seconds_before = state.data_state.get("train_seconds", 0.0)  # counts against train.max_minutes
         console.print(f"resumed from {latest.name} (step {start_step} of {total_steps})")
     if dry_run_steps is not None:
         total_steps = min(total_steps, start_step + dry_run_steps + 1)  # +1: the first step warms up
@@ -160,7 +170,7 @@ def train(
         )
 
     # --- the loop -------------------------------------------------------------------------
-    val_loss, loss_ema, best_state, stopped_early = None, None, None, False
+    val_loss, loss_ema, best_state, stopped_early, out_of_time = None, None, None, False, False
     done, elapsed, tokens_per_second = start_step, 0.0, 0.0
     started, timed_from, tokens_at_timing = time.perf_counter(), None, trained_tokens
     with progress_bar(console, disable=not main) as progress:
@@ -189,6 +199,10 @@ def train(
                     f"or check the data. The last checkpoint (if any) in {checkpoints} is intact."
                 )
             optimizer.step()
+            train_seconds = seconds_before + time.perf_counter() - started
+            if budget is not None:  # every rank must stop at the same step: the slowest clock decides
+                budget.elapsed_seconds = float(accelerator.gather(torch.tensor([train_seconds])).max())
+                out_of_time = budget.spent and dry_run_steps is None
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -222,13 +236,17 @@ def train(
                     save_checkpoint(
                         checkpoints, step=done, model_state=model_state, optimizer=optimizer_state, scheduler=scheduler,
                         rng=rngs,
-                        data_state={"trained_tokens": trained_tokens, "evals_without_gain": evals_without_gain},
+                        data_state={"trained_tokens": trained_tokens, "evals_without_gain": evals_without_gain,
+                                    "train_seconds": train_seconds},
                         metrics={"val_loss": val_loss, "best_val_loss": best_val},
                         keep_last=tc.keep_checkpoints, best_metric_key="val_loss" if tc.eval_every_steps else None,
                     )
                 accelerator.wait_for_everyone()
             if stopped_early:
                 console.print(f"early stopping at step {done}: no better val loss in {evals_without_gain} validations")
+                break
+            if out_of_time:
+                console.print(f"time budget of {tc.max_minutes:g} min spent at step {done} of {total_steps}")
                 break
 
     seconds = time.perf_counter() - started
@@ -240,7 +258,7 @@ def train(
         output_dir=None, steps=steps_done, train_loss=loss_ema if loss_ema is not None else math.nan,
         val_loss=None, trained_tokens=trained_tokens, seconds=seconds,
         tokens_per_second=tokens_per_second, precision=precision,
-        peak_memory_mb=peak_mb, planned_steps=total_steps, stopped_early=stopped_early,
+        peak_memory_mb=peak_mb, planned_steps=total_steps, stopped_early=stopped_early, out_of_time=out_of_time,
     )
     if dry_run_steps is not None:
         planned = math.ceil(len(schedule) / per_step) if tc.max_steps is None else min(tc.max_steps, math.ceil(len(schedule) / per_step))
@@ -251,6 +269,8 @@ def train(
         seconds_per_token = elapsed / max(timed_tokens, 1)
         result.planned_steps, result.planned_step_tokens = planned, step_tokens
         result.eta_seconds = seconds_per_token * sum(step_tokens)
+        if tc.max_minutes is not None:
+            result.eta_seconds = min(result.eta_seconds, tc.max_minutes * 60)
         return result
 
     if best_state is not None and best_val < (val_loss if val_loss is not None else math.inf):

@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 
 from tunewright.config import TrainConfig
 from tunewright.train.loss import chunked_cross_entropy
+from tunewright.train.shared_prefix import body_after_prefix
 
 
 def fast_bf16_available() -> bool:
@@ -129,9 +130,12 @@ class ChunkedLossForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, labels, position_ids=None, loss_weights=None):
+    def forward(self, input_ids, attention_mask, labels, position_ids=None, loss_weights=None, prefix_ids=None):
         causal_lm = causal_lm_of(self.model)
-        hidden = causal_lm.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        if prefix_ids is not None:  # rows that all follow one shared prefix (train/shared_prefix.py)
+            hidden = body_after_prefix(causal_lm, prefix_ids, input_ids, attention_mask)
+        else:
+            hidden = causal_lm.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
         return chunked_cross_entropy(hidden, causal_lm.lm_head.weight, labels, loss_weights)

@@ -15,6 +15,7 @@ from tunewright.data.example import Example
 from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.train.batching import collate
 from tunewright.train.packing import PackedRow, collate_packed, pack_examples
+from tunewright.train.shared_prefix import shared_prefix_length, split_prefix
 
 
 def drop_untrained_tail(example: TokenizedExample) -> TokenizedExample:
@@ -42,10 +43,11 @@ class MicroBatches:
     pad_id: int
     packed: bool
     _weights: list[float]
+    share_prefix: bool = False  # collate a micro-batch's common prompt start once (train/shared_prefix.py)
 
     @classmethod
     def build(cls, chat: ChatTokenizer, examples: list[Example], pad_id: int, *, packing: bool,
-              max_seq_len: int, extra: list[TokenizedExample] = ()) -> MicroBatches:
+              max_seq_len: int, extra: list[TokenizedExample] = (), share_prefix: bool = False) -> MicroBatches:
         """`extra`: examples already tokenised (general replay), trained alongside `examples`."""
         encoded = [drop_untrained_tail(e) for e in [*(chat.encode_example(e) for e in examples), *extra]]
         if packing:
@@ -58,7 +60,7 @@ class MicroBatches:
             units = encoded
         # per-unit normaliser computed once, so every rank can size a step without communication
         weights = [trained_weight(cls._collate(units[i : i + 1], pad_id, packing)) for i in range(len(units))]
-        return cls(units, pad_id, packing, weights)
+        return cls(units, pad_id, packing, weights, share_prefix=share_prefix and not packing)
 
     @property
     def lengths(self) -> list[int]:
@@ -71,7 +73,12 @@ class MicroBatches:
         return sum(len(self.units[i].input_ids) for i in indices)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return self._collate([self.units[i] for i in indices], self.pad_id, self.packed)
+        units = [self.units[i] for i in indices]
+        shared = shared_prefix_length(units) if self.share_prefix else 0
+        if not shared:
+            return self._collate(units, self.pad_id, self.packed)
+        prefix, rows = split_prefix(units, shared)
+        return {**collate(rows, self.pad_id), "prefix_ids": torch.tensor([prefix])}
 
     @staticmethod
     def _collate(units, pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
