@@ -27,6 +27,7 @@ from rich.table import Table
 
 from tunewright.errors import TunewrightError
 from tunewright.evaluate.stats import paired_bootstrap
+from tunewright.files import write_text_atomic
 
 TASKS_DIR = Path(__file__).parent / "harness_tasks"
 DEFAULT_TASKS = ("tunewright_general_mc",)
@@ -223,15 +224,9 @@ def _compare(headline: dict[str, dict]) -> dict[str, dict]:
 def _write(path: Path, result: HarnessResult) -> Path:
     from importlib.metadata import version
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = {"tasks": result.tasks, "lm_eval_version": version("lm_eval"), "models": result.models,
             "comparisons": result.comparisons}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:  # atomic: a reader never sees half a file
-        f.write(json.dumps(body, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(body, indent=2))
     return path
 
 

@@ -6,7 +6,6 @@ It can be mailed, attached to a ticket or opened offline; report.md stays the sh
 from __future__ import annotations
 
 import json
-import os
 from html import escape
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tunewright.evaluate.report import (
     verdict,
 )
 from tunewright.evaluate.runner import EvalResult
+from tunewright.files import write_text_atomic
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
@@ -142,10 +142,5 @@ def render_html(result: EvalResult, *, run_dir: Path, training: dict | None = No
 
 def write_html(result: EvalResult, path: Path, *, run_dir: Path, training: dict | None = None) -> Path:
     """Write `report.html` atomically (a half-written report would look like a complete one)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(render_html(result, run_dir=run_dir, training=training))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, render_html(result, run_dir=run_dir, training=training))
     return path

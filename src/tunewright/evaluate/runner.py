@@ -11,7 +11,6 @@ each variant's answer, whether it was right, and the outcome against the stronge
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,13 @@ from tunewright.data.example import Example, Message
 from tunewright.data.prepare import PreparedDataset
 from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.errors import ConfigError
-from tunewright.evaluate.compare import outcomes, paired_comparison, paired_macro_f1, right_flags, strongest
+from tunewright.evaluate.compare import (
+    outcomes,
+    paired_comparison,
+    paired_macro_f1,
+    right_flags,
+    strongest,
+)
 from tunewright.evaluate.general import answer_general, forgetting_summary
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.evaluate.labels import LabelMatcher
@@ -40,6 +45,7 @@ from tunewright.evaluate.metrics import (
 )
 from tunewright.evaluate.prompts import Variant, base_variants, variant_messages
 from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn
+from tunewright.files import write_text_atomic
 from tunewright.models import load_model
 from tunewright.train.model_setup import resolve_precision
 
@@ -262,7 +268,7 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
         "comparisons": result.comparisons,
         "general": general,
     }
-    _atomic_write(folder / "results.json", json.dumps(summary, indent=2))
+    write_text_atomic(folder / "results.json", json.dumps(summary, indent=2))
     rows = []
     for i, example in enumerate(examples):
         row = {"source": example.source, "prompt": result.prompts[i], "reference": example.reference}
@@ -275,21 +281,11 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
             row["outcome"] = result.outcomes[i]
             row["outcome_vs"] = result.strongest_base
         rows.append(json.dumps(row, ensure_ascii=False))
-    _atomic_write(folder / "examples.jsonl", "\n".join(rows) + "\n")
+    write_text_atomic(folder / "examples.jsonl", "\n".join(rows) + "\n")
     if result.general is not None:
         lines = [json.dumps(r, ensure_ascii=False) for r in result.general["rows"]]
-        _atomic_write(folder / "general.jsonl", "\n".join(lines) + "\n")
+        write_text_atomic(folder / "general.jsonl", "\n".join(lines) + "\n")
     return folder
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # results are read by later commands (report, compare_runs): never leave half a file behind
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _progress(console: Console) -> Progress:

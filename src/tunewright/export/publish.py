@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tunewright.errors import TunewrightError
+from tunewright.files import write_text_atomic
 
 MANIFEST = "export.json"
 
@@ -82,13 +83,7 @@ def write_manifest(folder: Path, run_dir: Path, artifact: str, **extra) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -8,7 +8,8 @@ next layer allocates its own above them. Measured on SmolLM2-135M, LoRA, batch 8
 with activation checkpointing: 1.9 GB of the heap was free-but-resident after one forward pass,
 peak RSS 3.8 GB; with a fixed 1 MiB threshold, 1.8 GB. A fixed threshold serves every tensor of
 1 MiB or more with its own mapping and gives it back to the OS when freed; the price is page
-faults on reuse: at most ~1 s of system time per optimiser step here (steps of 30-100 s).
+faults on reuse: 87 -> 57.5 tokens/s on the throughput benchmark (peak RSS 4.9 -> 2.0 GB), which is
+why the loop applies it only in the memory-lean mode.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ The answers are cached in the run folder (a dry run and the real run share them)
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tunewright.data.example import Example, Message
 from tunewright.data.tokenize import ChatTokenizer, TokenizedExample, TooLongError
 from tunewright.evaluate.generate import Generation, generate
+from tunewright.files import write_text_atomic
 
 # answers that have not ended by then are dropped, not cut (a cut answer would teach stopping
 # mid-sentence); short enough that most replayed chats fit a recipe's max_seq_len of 128-160
@@ -79,12 +79,9 @@ def base_replay(
     generations = generate(model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH)
     model.train()
     chats = keep_finished(prompts, generations)
-    if cache_path is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    if cache_path is not None:  # under DDP every rank writes the same answers: a unique temporary file each
         lines = [json.dumps(key)] + [json.dumps({"prompt": c.prompt, "answer": c.answer}) for c in chats]
-        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")  # under DDP every rank writes the same answers
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(cache_path)
+        write_text_atomic(cache_path, "\n".join(lines) + "\n")
     return chats
 
 
