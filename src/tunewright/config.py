@@ -26,7 +26,7 @@ from tunewright.errors import ConfigError
 InputFormat = Literal[
     "auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text", "text_label"
 ]
-CleanStep = Literal["unicode", "control", "whitespace", "html"]
+CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]
 PiiType = Literal["EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE"]
 
 
@@ -76,7 +76,7 @@ class DataConfig(_Strict):
     seed: int = Field(0, description="Seed for sampling and splitting.")
     clean: list[CleanStep] = Field(
         default_factory=lambda: ["unicode", "control", "whitespace"],
-        description="Cleaning steps: unicode (NFC), control (characters), whitespace, html (tags, entities).",
+        description="Cleaning steps: unicode (NFC), control (characters), whitespace, html (tags, entities), urls (to [URL]).",
     )
     pii_redact: list[PiiType] = Field(
         default_factory=list, description="PII types replaced by [TYPE] placeholders, e.g. [EMAIL, PHONE]; empty: off."
@@ -155,6 +155,9 @@ class TrainConfig(_Strict):
     )
     shared_prefix: bool = Field(
         True, description="Run the prompt start all rows of a micro-batch share (system prompt, headers) once, not per row; same result, faster.",
+    )
+    label_weighting: Literal["none", "balanced", "sqrt"] = Field(
+        "none", description="Labelled data: weight examples by 1/count (balanced) or 1/sqrt(count) of their label, for macro-F1.",
     )
     general_replay: int = Field(
         0, ge=0, le=240,

@@ -33,6 +33,21 @@ def test_html_remnants():
     assert cleaner.clean("if a < b then") == "if a < b then"  # not a tag
 
 
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("$ALLY - Ally pulls outlook https://t.co/G9Zdi1boy5", "$ALLY - Ally pulls outlook [URL]"),
+        ("see www.example.com/a?b=1. Then (http://x.org/p) and HTTPS://A.B/c, done",
+         "see [URL]. Then ([URL]) and [URL], done"),  # closing punctuation and brackets stay
+        ("an https:// with nothing after, ftp://host", "an https:// with nothing after, ftp://host"),
+        ("no link in www or http", "no link in www or http"),
+    ],
+)
+def test_urls_become_a_placeholder(text, cleaned):
+    assert Cleaner(["urls"]).clean(text) == cleaned
+    assert DEFAULT.clean(text) == text  # opt-in
+
+
 def test_no_steps_changes_nothing():
     assert Cleaner([]).clean(" \x07 x ") == " \x07 x "
 

@@ -1,4 +1,4 @@
-"""Cleaning: Unicode normalisation, control characters, whitespace and HTML remnants.
+"""Cleaning: Unicode normalisation, control characters, whitespace, HTML remnants and web addresses.
 
 Each step is chosen in `data.clean`. They are conservative, since a training example's text is
 what the model learns to write:
@@ -12,6 +12,10 @@ what the model learns to write:
   code and tables.
 - `html`: removes tags (`<br>`, `<p class=...>`, comments) and decodes entities (`&amp;`).
   Off by default: text *about* HTML legitimately contains tags.
+- `urls`: web addresses (`http://`, `https://`, `www.`) become `[URL]`. Shortened links in
+  social-media text (`https://t.co/G9Zdi1boy5`) are random characters: a fifth of the finance
+  tweets' tokens (27.0 -> 21.0 on average), noise to the model and time to train on. Off by
+  default: in other data the address is the content.
 
 ASCII text without control characters, "&" or "<" takes a fast path of two C-level scans.
 """
@@ -24,8 +28,8 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Literal
 
-CleanStep = Literal["unicode", "control", "whitespace", "html"]
-CLEAN_STEPS: tuple[CleanStep, ...] = ("unicode", "control", "whitespace", "html")
+CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]
+CLEAN_STEPS: tuple[CleanStep, ...] = ("unicode", "control", "whitespace", "html", "urls")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INVISIBLE = re.compile("[\ufeff\u200b\u2060\u00ad]")  # BOM, zero-width space, word joiner, soft hyphen
@@ -33,6 +37,8 @@ _TRAILING_SPACE = re.compile(r"[ \t]+(?=\n)")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
 _BLOCK_TAG = re.compile(r"<(?:br|/p|/div|/li|/h[1-6]|/tr)\s*/?>", re.IGNORECASE)
+# up to whitespace, quotes or brackets, and not ending in punctuation that closes the sentence
+_URL = re.compile(r"(?:\bhttps?://|\bwww\.)[^\s<>\"'()\[\]]*[^\s<>\"'()\[\].,;:!?]", re.IGNORECASE)
 _ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]{1,31});")
 # In ASCII text, the characters some step may change (tab and newline aside)
 _NEEDS_WORK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f&<]")
@@ -53,6 +59,8 @@ class Cleaner:
     def clean(self, text: str) -> str:
         """The cleaned text (possibly empty: the caller decides what an empty text means)."""
         steps = self.steps
+        if "urls" in steps and ("://" in text or "www." in text.lower()):
+            text = _URL.sub("[URL]", text)
         if (
             text.isascii()
             and _NEEDS_WORK.search(text) is None

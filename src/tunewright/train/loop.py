@@ -109,7 +109,8 @@ def train(
     # shared prefixes run a layer twice per forward: not under activation checkpointing (its
     # layers drop the cache) nor FSDP (each call would gather the layer's shards again)
     data = MicroBatches.build(chat, dataset.train, pad_id, packing=tc.packing, max_seq_len=cfg.data.max_seq_len,
-                              extra=replay, share_prefix=tc.shared_prefix and not (tc.activation_checkpointing or fsdp))
+                              extra=replay, share_prefix=tc.shared_prefix and not (tc.activation_checkpointing or fsdp),
+                              label_weighting=tc.label_weighting)
     val_examples = [chat.encode_example(e) for e in dataset.val]
 
     model = apply_training_method(loaded.model, tc, precision)

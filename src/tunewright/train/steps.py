@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from tunewright.data.example import Example
 from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.train.batching import collate
+from tunewright.train.label_weights import LabelWeighting, label_weights, reweighted
 from tunewright.train.packing import PackedRow, collate_packed, pack_examples
 from tunewright.train.shared_prefix import shared_prefix_length, split_prefix
 
@@ -47,19 +48,29 @@ class MicroBatches:
 
     @classmethod
     def build(cls, chat: ChatTokenizer, examples: list[Example], pad_id: int, *, packing: bool,
-              max_seq_len: int, extra: list[TokenizedExample] = (), share_prefix: bool = False) -> MicroBatches:
-        """`extra`: examples already tokenised (general replay), trained alongside `examples`."""
-        encoded = [drop_untrained_tail(e) for e in [*(chat.encode_example(e) for e in examples), *extra]]
-        if packing:
-            rows = pack_examples(
+              max_seq_len: int, extra: list[TokenizedExample] = (), share_prefix: bool = False,
+              label_weighting: LabelWeighting = "none") -> MicroBatches:
+        """`extra`: examples already tokenised (general replay), trained alongside `examples`
+        with weight 1. `label_weighting`: class weights for labelled examples (train/label_weights.py)."""
+        plain = [drop_untrained_tail(e) for e in [*(chat.encode_example(e) for e in examples), *extra]]
+        by_label = label_weights([e.label for e in examples], label_weighting)
+        weighted = [reweighted(unit, by_label.get(e.label, 1.0)) for unit, e in zip(plain, examples)] + plain[len(examples):]
+
+        def arrange(encoded: list[TokenizedExample]) -> list:
+            if not packing:
+                return encoded
+            return pack_examples(
                 [{"input_ids": e.input_ids, "labels": e.labels, "loss_weights": e.loss_weights} for e in encoded],
                 max_seq_len,
             )
-            units: list = rows
-        else:
-            units = encoded
-        # per-unit normaliser computed once, so every rank can size a step without communication
-        weights = [trained_weight(cls._collate(units[i : i + 1], pad_id, packing)) for i in range(len(units))]
+
+        units = arrange(weighted)
+        # The step's loss is divided by its trained tokens' own weights, not the class-weighted
+        # ones: else a micro-batch of one label (length grouping makes them common) would divide
+        # its class weight back out. Computed once per unit, so every rank can size a step
+        # without communication.
+        normalising = arrange(plain) if by_label else units
+        weights = [trained_weight(cls._collate(normalising[i : i + 1], pad_id, packing)) for i in range(len(units))]
         return cls(units, pad_id, packing, weights, share_prefix=share_prefix and not packing)
 
     @property
