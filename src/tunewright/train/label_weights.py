@@ -5,9 +5,10 @@ and a short training run learns it first: the minority labels' recall lags, and 
 Weighting each example's trained tokens by its label's weight gives every label an equal share
 (`balanced`: weight ∝ 1/count, as scikit-learn's class_weight="balanced") or a share between
 equal and natural (`sqrt`: ∝ 1/sqrt(count), the milder usual compromise between accuracy and
-macro-F1). The loss stays a weighted mean per step, so weights only shift emphasis between
-labels: they are scaled so the mean example weighs 1, and the learning rate keeps its meaning.
-Examples without a label (and general replay) weigh 1. Validation loss is left unweighted.
+macro-F1). A step's loss is still divided by its tokens' unweighted count (train/steps.py), so
+a label's weight holds even in a micro-batch of that label alone; the weights are scaled so the
+mean example weighs 1, and the learning rate keeps its meaning. Examples without a label (and
+general replay) weigh 1. Validation loss is left unweighted.
 """
 
 from __future__ import annotations
