@@ -130,6 +130,9 @@ class TrainConfig(_Strict):
         None, ge=1, description="Adapt only the top N layers (backward stops below them: faster)."
     )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA); slower, sometimes better.")
+    loraplus_lr_ratio: float | None = Field(
+        None, ge=1.0, description="LoRA+: the B matrices learn at lr times this (e.g. 16); None = one lr for all.",
+    )
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     max_minutes: float | None = Field(

@@ -99,6 +99,24 @@ def test_lora_on_top_layers_only(tmp_path, tiny_model_dir, lora_layers):
     assert names and all(".layers.1." in n for n in names), sorted(names)[:4]
 
 
+@pytest.mark.parametrize("ratio", [None, 16.0])
+def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(tiny_model_dir, ratio):
+    from tunewright.config import TrainConfig
+    from tunewright.train.model_setup import apply_training_method, make_optimizer
+
+    cfg = TrainConfig(lr=1e-3, loraplus_lr_ratio=ratio)
+    model = apply_training_method(load_model(str(tiny_model_dir)).model, cfg, "fp32")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = make_optimizer(model, trainable, cfg)
+    ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    # Adam's first step moves each weight by lr * g/|g|; B starts at zero, so its largest entry is its lr
+    largest_b = max(float(p.detach().abs().max()) for n, p in trainable.items() if "lora_B" in n)
+    assert largest_b == pytest.approx(1e-3 * (ratio or 1.0), rel=1e-3)
+    assert {g["lr"] for g in optimizer.param_groups if g["params"]} == ({1e-3, 1.6e-2} if ratio else {1e-3})
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
     from tunewright.errors import TrainingDivergedError
     from tunewright.train.checkpoint import latest_checkpoint

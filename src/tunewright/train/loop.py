@@ -41,6 +41,7 @@ from tunewright.train.model_setup import (
     as_float,
     cpu_only,
     full_state_dict,
+    make_optimizer,
     resolve_precision,
     shard_for_fsdp,
 )
@@ -126,7 +127,7 @@ def train(
     total_steps = math.ceil(len(schedule) / per_step)
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
-    optimizer = torch.optim.AdamW(trainable.values(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(model, trainable, tc)
     warmup_steps = min(tc.lr_warmup_steps, total_steps // 2)
     budget = None
     if tc.max_minutes is not None:  # the schedule runs over the time budget (train/time_budget.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -70,6 +71,17 @@ def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: s
     )
     # adapters stay fp32 (autocast_adapter_dtype) so small updates are not lost to bf16 rounding
     return get_peft_model(model, lora, autocast_adapter_dtype=True)
+
+
+def make_optimizer(model: nn.Module, trainable: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; under LoRA+ the B matrices get lr x loraplus_lr_ratio.
+
+    LoRA+ (Hayou et al., 2024): B starts at zero and A at random, so one learning rate for both
+    is too small for B; a larger one for B learns faster at no cost per step."""
+    if cfg.method == "lora" and cfg.loraplus_lr_ratio:
+        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+                                         loraplus_weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _linear_module_names(model: PreTrainedModel) -> list[str]:
