@@ -117,6 +117,22 @@ def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(tiny_model_dir, ra
     assert {g["lr"] for g in optimizer.param_groups if g["params"]} == ({1e-3, 1.6e-2} if ratio else {1e-3})
 
 
+def test_loraplus_run_resumes_exactly(tmp_path, tiny_model_dir):
+    """The LoRA+ optimiser's four parameter groups (one empty) survive a checkpoint round trip."""
+    import shutil
+
+    cfg = config(tmp_path, tiny_model_dir, "train.loraplus_lr_ratio=16", "train.lr=0.005", "train.max_steps=4",
+                 "train.checkpoint_every_steps=1", "train.keep_checkpoints=4", "train.resume=true")
+    dataset = prepare(cfg, console=QUIET)
+    out = train(cfg, dataset, console=QUIET).output_dir
+    whole = load_file(out / "adapter_model.safetensors")
+    for late in ("step-00000003", "step-00000004"):  # as if killed after step 2
+        shutil.rmtree(cfg.run_dir / "checkpoints" / late)
+    shutil.rmtree(out)
+    resumed = load_file(train(cfg, dataset, console=QUIET).output_dir / "adapter_model.safetensors")
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
     from tunewright.errors import TrainingDivergedError
     from tunewright.train.checkpoint import latest_checkpoint
