@@ -21,13 +21,14 @@ from pydantic import (
     model_validator,
 )
 
+from tunewright.data.clean import CleanStep
 from tunewright.errors import ConfigError
 
 InputFormat = Literal[
     "auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text", "text_label"
 ]
-CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]
 PiiType = Literal["EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE"]
+LabelWeighting = Literal["none", "balanced", "sqrt"]
 
 
 class _Strict(BaseModel):
@@ -159,7 +160,7 @@ class TrainConfig(_Strict):
     shared_prefix: bool = Field(
         True, description="Run the prompt start all rows of a micro-batch share (system prompt, headers) once, not per row; same result, faster.",
     )
-    label_weighting: Literal["none", "balanced", "sqrt"] = Field(
+    label_weighting: LabelWeighting = Field(
         "none", description="Labelled data: weight examples by 1/count (balanced) or 1/sqrt(count) of their label, for macro-F1.",
     )
     general_replay: int = Field(

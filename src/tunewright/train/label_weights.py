@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import Literal
 
+from tunewright.config import LabelWeighting
 from tunewright.data.tokenize import IGNORE_INDEX, TokenizedExample
 
-LabelWeighting = Literal["none", "balanced", "sqrt"]
 _POWER = {"balanced": 1.0, "sqrt": 0.5}
 
 
