@@ -49,13 +49,28 @@ RECIPES = ("customer-support", "finance", "healthcare", "healthcare-qa")
 # is small. Every variant of the fair base is scored, and classification answers are constrained
 # to the label names for every variant, so no model loses points to an answer off the label set.
 BUDGET_OVERRIDES = {
-    "customer-support": ["data.max_train_examples=null", "data.max_test_examples=500",
-                         "evaluate.models=[base_0shot,base_kshot,tuned]", "evaluate.label_decoding=constrained"],
+    "customer-support": [
+        "data.max_train_examples=null",
+        "data.max_test_examples=500",
+        "evaluate.models=[base_0shot,base_kshot,tuned]",
+        "evaluate.label_decoding=constrained",
+    ],
     "finance": ["data.max_train_examples=null", "evaluate.label_decoding=constrained"],
-    "healthcare": ["train.epochs=4", "evaluate.label_decoding=constrained"],  # 475 training questions
-    "healthcare-qa": ["data.max_train_examples=null", "data.max_test_examples=100"],  # free text: slow to generate
+    "healthcare": [
+        "train.epochs=4",
+        "evaluate.label_decoding=constrained",
+    ],  # 475 training questions
+    "healthcare-qa": [
+        "data.max_train_examples=null",
+        "data.max_test_examples=100",
+    ],  # free text: slow to generate
 }
-QUICK = ["train.max_steps=30", "train.batch_size=4", "data.max_test_examples=50", "evaluate.general_check=false"]
+QUICK = [
+    "train.max_steps=30",
+    "train.batch_size=4",
+    "data.max_test_examples=50",
+    "evaluate.general_check=false",
+]
 
 
 def majority_baseline(references: list[str], labels: list[str]) -> dict:
@@ -67,10 +82,19 @@ def majority_baseline(references: list[str], labels: list[str]) -> dict:
     return {"label": label, "accuracy": share, "macro_f1": 2 * share / (1 + share) / len(labels)}
 
 
-def run_recipe(name: str, budget_seconds: float, overrides: list[str], output_dir: Path, console: Console) -> dict:
+def run_recipe(
+    name: str, budget_seconds: float, overrides: list[str], output_dir: Path, console: Console
+) -> dict:
     recipe = ROOT / "recipes" / f"{name}.yaml"
-    cfg = load_config(recipe, [f"output_dir={output_dir}", *BUDGET_OVERRIDES.get(name, []),
-                               f"train.max_minutes={budget_seconds / 60:g}", *overrides])
+    cfg = load_config(
+        recipe,
+        [
+            f"output_dir={output_dir}",
+            *BUDGET_OVERRIDES.get(name, []),
+            f"train.max_minutes={budget_seconds / 60:g}",
+            *overrides,
+        ],
+    )
     console.rule(f"{name}: at most {budget_seconds / 60:g} min of training")
     started = time.perf_counter()
     run(cfg, console=console)
@@ -78,10 +102,18 @@ def run_recipe(name: str, budget_seconds: float, overrides: list[str], output_di
 
     results = json.loads((cfg.run_dir / "eval" / "results.json").read_text())
     training = json.loads((cfg.run_dir / "training.json").read_text())
-    rows = [json.loads(line) for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()
+    ]
     out = {
-        "recipe": name, "run_dir": str(cfg.run_dir), "task": results["task"], "headline": results["headline"],
-        "n_examples": results["n_examples"], "budget_minutes": budget_seconds / 60, "training": training,
+        "recipe": name,
+        "run_dir": str(cfg.run_dir),
+        "task": results["task"],
+        "headline": results["headline"],
+        "n_examples": results["n_examples"],
+        "budget_minutes": budget_seconds / 60,
+        "training": training,
         "run_seconds": round(wall, 1),
         "models": {m: v["metrics"] for m, v in results["models"].items()},
         "comparison": results.get("comparison") or {},
@@ -110,11 +142,26 @@ def table_rows(result: dict) -> list[list[str]]:
     seconds = f"{t['seconds']:.0f} s, {t['steps']} of {t.get('planned_steps', '?')} planned steps"
     rows = []
     for model, metrics in result["models"].items():
-        rows.append([result["recipe"], model, _cell(metrics, head, percent), _cell(metrics, "macro_f1", False),
-                     seconds if model == "tuned" else ""])
+        rows.append(
+            [
+                result["recipe"],
+                model,
+                _cell(metrics, head, percent),
+                _cell(metrics, "macro_f1", False),
+                seconds if model == "tuned" else "",
+            ]
+        )
     if "majority" in result:
         m = result["majority"]
-        rows.append([result["recipe"], f"majority ({m['label']})", f"{m['accuracy']:.1%}", f"{m['macro_f1']:.3f}", ""])
+        rows.append(
+            [
+                result["recipe"],
+                f"majority ({m['label']})",
+                f"{m['accuracy']:.1%}",
+                f"{m['macro_f1']:.3f}",
+                "",
+            ]
+        )
     return rows
 
 
@@ -124,18 +171,29 @@ def verdict(result: dict) -> str:
         return f"{result['recipe']}: no tuned-vs-base comparison in results.json"
     p = c.get("mcnemar_p_value", c.get("p_value_bootstrap"))
     p_text = f", p = {p:.2g}" if p is not None else ""
-    text = (f"{result['recipe']}: tuned - {result.get('strongest_base') or 'base'} = {c['delta']:+.3f} "
-            f"{result['headline']} (95% CI [{c['low']:+.3f}, {c['high']:+.3f}]{p_text}) over {result['n_examples']} examples")
+    text = (
+        f"{result['recipe']}: tuned - {result.get('strongest_base') or 'base'} = {c['delta']:+.3f} "
+        f"{result['headline']} (95% CI [{c['low']:+.3f}, {c['high']:+.3f}]{p_text}) over {result['n_examples']} examples"
+    )
     # macro-F1 against every base variant: where one label dominates, accuracy can hide that
     # tuning learned only the prior
-    f1 = [f"{name} {m['delta']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}], p = {m['p_value']:.2g}"
-          for name, comp in (result.get("comparisons") or {}).items() if (m := comp.get("macro_f1"))]
+    f1 = [
+        f"{name} {m['delta']:+.3f} [{m['low']:+.3f}, {m['high']:+.3f}], p = {m['p_value']:.2g}"
+        for name, comp in (result.get("comparisons") or {}).items()
+        if (m := comp.get("macro_f1"))
+    ]
     return text + (f"; macro-F1 tuned minus {'; '.join(f1)}" if f1 else "")
 
 
 def write_markdown(results: list[dict], path: Path, header: str) -> None:
-    lines = ["# Domain uplift", "", header, "",
-             "| recipe | model | headline metric (95% CI) | macro-F1 (95% CI) | training |", "|---|---|---|---|---|"]
+    lines = [
+        "# Domain uplift",
+        "",
+        header,
+        "",
+        "| recipe | model | headline metric (95% CI) | macro-F1 (95% CI) | training |",
+        "|---|---|---|---|---|",
+    ]
     for result in results:
         lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     lines += [""] + [f"- {verdict(r)}" for r in results]
@@ -144,11 +202,23 @@ def write_markdown(results: list[dict], path: Path, header: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget-minutes", type=float, default=15.0, help="Most training time per recipe.")
-    parser.add_argument("--quick", action="store_true", help="Tiny budgets (30 steps, 50 test rows): checks it works.")
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="Comma-separated recipe names under recipes/.")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=15.0, help="Most training time per recipe."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="Tiny budgets (30 steps, 50 test rows): checks it works.",
+    )
+    parser.add_argument(
+        "--recipes", default=",".join(RECIPES), help="Comma-separated recipe names under recipes/."
+    )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "domain-uplift")
-    parser.add_argument("overrides", nargs="*", help="Dotted overrides for every recipe, e.g. data.max_test_examples=200.")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="Dotted overrides for every recipe, e.g. data.max_test_examples=200.",
+    )
     args = parser.parse_args()
 
     console = Console(stderr=True)
@@ -157,12 +227,18 @@ def main() -> None:
     started = time.perf_counter()
     results: list[dict] = []
     for name in args.recipes.split(","):
-        results.append(run_recipe(name, args.budget_minutes * 60, overrides, args.output_dir, console))
+        results.append(
+            run_recipe(name, args.budget_minutes * 60, overrides, args.output_dir, console)
+        )
         # written after every recipe, so a long run interrupted later still leaves its results
-        header = (f"Training budget {args.budget_minutes:g} min per recipe"
-                  f"{' (--quick: scores mean nothing)' if args.quick else ''}; overrides: {' '.join(overrides) or 'none'} "
-                  f"(and each recipe's BUDGET_OVERRIDES); total {time.perf_counter() - started:.0f} s.")
-        (args.output_dir / "summary.json").write_text(json.dumps({"header": header, "results": results}, indent=2))
+        header = (
+            f"Training budget {args.budget_minutes:g} min per recipe"
+            f"{' (--quick: scores mean nothing)' if args.quick else ''}; overrides: {' '.join(overrides) or 'none'} "
+            f"(and each recipe's BUDGET_OVERRIDES); total {time.perf_counter() - started:.0f} s."
+        )
+        (args.output_dir / "summary.json").write_text(
+            json.dumps({"header": header, "results": results}, indent=2)
+        )
         write_markdown(results, args.output_dir / "summary.md", header)
 
     table = Table(title="Domain uplift: " + header)
@@ -176,6 +252,7 @@ def main() -> None:
     for result in results:
         out.print(verdict(result), highlight=False)
     out.print(f"summary: {args.output_dir / 'summary.md'}", highlight=False)
+
 
 if __name__ == "__main__":
     main()

@@ -44,24 +44,47 @@ def main() -> None:
 
     # warm-up: first calls pay for allocator growth and lazy initialisation
     generate(loaded.model, loaded.tokenizer, prompts[:2], max_new_tokens=4, batch_size=2)
-    print(f"model {args.model}, {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
-          f"up to {args.max_new_tokens} new tokens, {torch.get_num_threads()} torch threads", flush=True)
+    print(
+        f"model {args.model}, {len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens, "
+        f"up to {args.max_new_tokens} new tokens, {torch.get_num_threads()} torch threads",
+        flush=True,
+    )
     started = time.perf_counter()
-    single = [generate(loaded.model, loaded.tokenizer, [p], max_new_tokens=args.max_new_tokens, batch_size=1)[0]
-              for p in prompts]
+    single = [
+        generate(
+            loaded.model, loaded.tokenizer, [p], max_new_tokens=args.max_new_tokens, batch_size=1
+        )[0]
+        for p in prompts
+    ]
     single_s = time.perf_counter() - started
-    print(f"one at a time:      {single_s:7.1f} s  ({len(prompts) / single_s:6.2f} prompts/s)", flush=True)
+    print(
+        f"one at a time:      {single_s:7.1f} s  ({len(prompts) / single_s:6.2f} prompts/s)",
+        flush=True,
+    )
     started = time.perf_counter()
-    batched = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size)
+    batched = generate(
+        loaded.model,
+        loaded.tokenizer,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
     batched_s = time.perf_counter() - started
 
-    differing = [i for i, (a, b) in enumerate(zip(single, batched)) if (a.text, a.new_tokens) != (b.text, b.new_tokens)]
+    differing = [
+        i
+        for i, (a, b) in enumerate(zip(single, batched))
+        if (a.text, a.new_tokens) != (b.text, b.new_tokens)
+    ]
     tokens = sum(g.new_tokens for g in batched)
-    print(f"batched (size {args.batch_size:>3}): {batched_s:7.1f} s  ({len(prompts) / batched_s:6.2f} prompts/s, "
-          f"{tokens / batched_s:.0f} new tokens/s)")
+    print(
+        f"batched (size {args.batch_size:>3}): {batched_s:7.1f} s  ({len(prompts) / batched_s:6.2f} prompts/s, "
+        f"{tokens / batched_s:.0f} new tokens/s)"
+    )
     print(f"speed ratio: {single_s / batched_s:.1f}x (target >= 8x)")
-    print(f"outputs identical: {'yes' if not differing else f'no, {len(differing)} of {len(prompts)} differ'}")
+    print(
+        f"outputs identical: {'yes' if not differing else f'no, {len(differing)} of {len(prompts)} differ'}"
+    )
     for i in differing[:3]:
         print(f"  prompt {i}: one-at-a-time {single[i].text!r} vs batched {batched[i].text!r}")
 

@@ -57,7 +57,9 @@ BAD_ROWS = [
 def write_rows(path: Path, n_rows: int, seed: int) -> int:
     """Write the synthetic JSONL file; returns its size in bytes."""
     rng = random.Random(seed)
-    vocab = sorted({"".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(60_000)})
+    vocab = sorted(
+        {"".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(60_000)}
+    )
     cum_weights = list(accumulate(1 / (rank + 1) for rank in range(len(vocab))))
     recent: list[tuple[str, str]] = []
     with path.open("wb") as f:
@@ -75,15 +77,26 @@ def write_rows(path: Path, n_rows: int, seed: int) -> int:
                 words[rng.randrange(len(words))] = rng.choice(vocab)
                 answer = " ".join(words)
             else:
-                question = " ".join(rng.choices(vocab, cum_weights=cum_weights, k=rng.randint(5, 10))) + "?"
-                answer = " ".join(rng.choices(vocab, cum_weights=cum_weights, k=rng.randint(8, 14))) + "."
+                question = (
+                    " ".join(rng.choices(vocab, cum_weights=cum_weights, k=rng.randint(5, 10)))
+                    + "?"
+                )
+                answer = (
+                    " ".join(rng.choices(vocab, cum_weights=cum_weights, k=rng.randint(8, 14)))
+                    + "."
+                )
                 if roll < 0.082:
                     question += f" my details: {rng.choice(PII_VALUES)}"
                 if len(recent) < 10_000:
                     recent.append((question, answer))
                 else:
                     recent[rng.randrange(len(recent))] = (question, answer)
-            row = {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+            row = {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
             f.write(json.dumps(row).encode() + b"\n")
     return path.stat().st_size
 
@@ -161,7 +174,9 @@ def main() -> None:
         started = time.perf_counter()
         dataset = prepare(cfg, console=Console(quiet=True), tokens=False)
         seconds = time.perf_counter() - started
-        own_cpu, workers_cpu = (after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True))
+        own_cpu, workers_cpu = (
+            after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True)
+        )
         s = dataset.summary
         own_rss, worker_rss = peak_rss_mb()
         print(

@@ -43,9 +43,20 @@ def free_port() -> int:
 def start_server(model: str, port: int, max_batch_size: int, log: Path) -> subprocess.Popen:
     # output to a file, not a pipe nobody reads: a full pipe would block the server
     server = subprocess.Popen(
-        [sys.executable, "-m", "tunewright.cli", "serve", model, "--port", str(port),
-         "--max-batch-size", str(max_batch_size)],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tunewright.cli",
+            "serve",
+            model,
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(max_batch_size),
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -60,7 +71,9 @@ def start_server(model: str, port: int, max_batch_size: int, log: Path) -> subpr
     raise SystemExit("server did not start within 300 s")
 
 
-def load(base_url: str, model: str, clients: int, seconds: float, max_tokens: int, texts: list[str]) -> dict:
+def load(
+    base_url: str, model: str, clients: int, seconds: float, max_tokens: int, texts: list[str]
+) -> dict:
     """`clients` threads sending requests back to back until `seconds` have passed."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -72,18 +85,26 @@ def load(base_url: str, model: str, clients: int, seconds: float, max_tokens: in
         client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
         i = index
         while time.monotonic() < stop_at:
-            messages = [{"role": "system", "content": "Name the banking intent."},
-                        {"role": "user", "content": texts[i % len(texts)]}]
+            messages = [
+                {"role": "system", "content": "Name the banking intent."},
+                {"role": "user", "content": texts[i % len(texts)]},
+            ]
             started = time.perf_counter()
             try:
                 if i % 4 == 3:
-                    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
-                                                            temperature=0, stream=True,
-                                                            stream_options={"include_usage": True})
+                    stream = client.chat.completions.create(
+                        model=model,
+                        messages=messages,
+                        max_tokens=max_tokens,
+                        temperature=0,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
                     used = [c.usage.completion_tokens for c in stream if c.usage is not None][-1]
                 else:
-                    answer = client.chat.completions.create(model=model, messages=messages,
-                                                            max_tokens=max_tokens, temperature=0)
+                    answer = client.chat.completions.create(
+                        model=model, messages=messages, max_tokens=max_tokens, temperature=0
+                    )
                     used = answer.usage.completion_tokens
                 with lock:
                     latencies.append(time.perf_counter() - started)
@@ -109,15 +130,19 @@ def load(base_url: str, model: str, clients: int, seconds: float, max_tokens: in
         "requests_per_second": len(latencies) / elapsed,
         "completion_tokens_per_second": tokens[0] / elapsed,
         "p50_s": statistics.median(latencies) if latencies else float("nan"),
-        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        if latencies
+        else float("nan"),
     }
 
 
 def show(result: dict) -> None:
-    print(f"  {result['clients']:>2} clients, {result['seconds']:.1f} s: {result['requests']} requests, "
-          f"{len(result['errors'])} errors, {result['requests_per_second']:.2f} requests/s, "
-          f"{result['completion_tokens_per_second']:.1f} completion tokens/s, "
-          f"latency p50 {result['p50_s']:.2f} s, p99 {result['p99_s']:.2f} s")
+    print(
+        f"  {result['clients']:>2} clients, {result['seconds']:.1f} s: {result['requests']} requests, "
+        f"{len(result['errors'])} errors, {result['requests_per_second']:.2f} requests/s, "
+        f"{result['completion_tokens_per_second']:.1f} completion tokens/s, "
+        f"latency p50 {result['p50_s']:.2f} s, p99 {result['p99_s']:.2f} s"
+    )
     for error in sorted(set(result["errors"]))[:5]:
         print(f"    error: {error}")
 
@@ -127,7 +152,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="model or run folder to serve")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--baseline-seconds", type=float, default=20.0, help="one-client baseline (0: skip)")
+    parser.add_argument(
+        "--baseline-seconds", type=float, default=20.0, help="one-client baseline (0: skip)"
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
 
@@ -136,21 +163,32 @@ def main() -> None:
     server = start_server(args.model, port, max_batch_size=args.clients, log=log)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        model = OpenAI(base_url=base_url, api_key="unused").models.list().data[-1].id  # the tuned one, if any
+        model = (
+            OpenAI(base_url=base_url, api_key="unused").models.list().data[-1].id
+        )  # the tuned one, if any
         texts = questions()
-        print(f"serve_load: model {model} ({args.model}), max_tokens {args.max_tokens}, "
-              f"{os.cpu_count()} CPU cores, torch threads = cores")
+        print(
+            f"serve_load: model {model} ({args.model}), max_tokens {args.max_tokens}, "
+            f"{os.cpu_count()} CPU cores, torch threads = cores"
+        )
         load(base_url, model, 2, 5, args.max_tokens, texts)  # warm-up, not reported
-        baseline = load(base_url, model, 1, args.baseline_seconds, args.max_tokens, texts) \
-            if args.baseline_seconds else None
+        baseline = (
+            load(base_url, model, 1, args.baseline_seconds, args.max_tokens, texts)
+            if args.baseline_seconds
+            else None
+        )
         if baseline:
             show(baseline)
         result = load(base_url, model, args.clients, args.seconds, args.max_tokens, texts)
         show(result)
         if baseline:
-            print(f"  throughput with {args.clients} clients / with 1 client: "
-                  f"{result['requests_per_second'] / baseline['requests_per_second']:.2f}x")
-        print("PASS: zero errors" if not result["errors"] else f"FAIL: {len(result['errors'])} errors")
+            print(
+                f"  throughput with {args.clients} clients / with 1 client: "
+                f"{result['requests_per_second'] / baseline['requests_per_second']:.2f}x"
+            )
+        print(
+            "PASS: zero errors" if not result["errors"] else f"FAIL: {len(result['errors'])} errors"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -83,22 +83,45 @@ def run_ours(model_name: str, steps: int, packed: bool, checkpointing: bool, pro
     from tunewright.train.loop import train
 
     tokenizer = load_tokenizer(model_name)
-    examples = [Example(messages=tuple(Message(m["role"], m["content"]) for m in chat), source=f"synthetic:{i}")
-                for i, chat in enumerate(synthetic_chats(tokenizer))]
+    examples = [
+        Example(
+            messages=tuple(Message(m["role"], m["content"]) for m in chat), source=f"synthetic:{i}"
+        )
+        for i, chat in enumerate(synthetic_chats(tokenizer))
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = RunConfig.model_validate({
-            "name": "bench", "output_dir": tmp, "model": {"name": model_name},
-            "data": {"train_files": ["unused.jsonl"], "max_seq_len": MAX_LEN, "system_prompt": None},
-            "train": {"method": "lora", "lora_r": 16, "lora_alpha": 32, "batch_size": BATCH,
-                      "packing": packed, "activation_checkpointing": checkpointing, "lr": 2e-4,
-                      "log_every_steps": 1000},
-        })
+        cfg = RunConfig.model_validate(
+            {
+                "name": "bench",
+                "output_dir": tmp,
+                "model": {"name": model_name},
+                "data": {
+                    "train_files": ["unused.jsonl"],
+                    "max_seq_len": MAX_LEN,
+                    "system_prompt": None,
+                },
+                "train": {
+                    "method": "lora",
+                    "lora_r": 16,
+                    "lora_alpha": 32,
+                    "batch_size": BATCH,
+                    "packing": packed,
+                    "activation_checkpointing": checkpointing,
+                    "lr": 2e-4,
+                    "log_every_steps": 1000,
+                },
+            }
+        )
         dataset = PreparedDataset(folder=Path(tmp), train=examples, val=[], test=[], labels=None)
         if profile:
             return profile_ours(cfg, dataset)
         result = train(cfg, dataset, dry_run_steps=steps)
-    return {"tokens_per_second": result.tokens_per_second, "timed_steps": result.steps - 1,
-            "precision": result.precision, "trained_tokens": result.trained_tokens}
+    return {
+        "tokens_per_second": result.tokens_per_second,
+        "timed_steps": result.steps - 1,
+        "precision": result.precision,
+        "trained_tokens": result.trained_tokens,
+    }
 
 
 def profile_ours(cfg, dataset) -> dict:
@@ -120,8 +143,13 @@ def profile_ours(cfg, dataset) -> dict:
     precision = resolve_precision(cfg.train.precision)
     loaded = load_model(cfg.model.name)
     chat = ChatTokenizer(loaded.tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
-    data = MicroBatches.build(chat, dataset.train, loaded.tokenizer.pad_token_id, packing=False,
-                              max_seq_len=cfg.data.max_seq_len)
+    data = MicroBatches.build(
+        chat,
+        dataset.train,
+        loaded.tokenizer.pad_token_id,
+        packing=False,
+        max_seq_len=cfg.data.max_seq_len,
+    )
     model = apply_training_method(loaded.model, cfg.train, precision)
     forward = ChunkedLossForward(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -160,22 +188,37 @@ def run_trl(model_name: str, steps: int, budget: float, fast: bool) -> dict:
     kwargs = {"bf16": False, "gradient_checkpointing": False} if fast else {}
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(
-            output_dir=tmp, per_device_train_batch_size=BATCH, max_length=MAX_LEN, max_steps=steps + 1,
-            save_strategy="no", report_to=[], logging_steps=1000, seed=SEED, dataloader_num_workers=0,
+            output_dir=tmp,
+            per_device_train_batch_size=BATCH,
+            max_length=MAX_LEN,
+            max_steps=steps + 1,
+            save_strategy="no",
+            report_to=[],
+            logging_steps=1000,
+            seed=SEED,
+            dataloader_num_workers=0,
             use_cpu=True,  # without it TRL's bf16 default refuses to start on a machine with no GPU
             **kwargs,
         )
         lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-        trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=Dataset.from_list([{"messages": c} for c in chats]),
-                             processing_class=loaded.tokenizer, peft_config=lora)
+        trainer = SFTTrainer(
+            model=loaded.model,
+            args=args,
+            train_dataset=Dataset.from_list([{"messages": c} for c in chats]),
+            processing_class=loaded.tokenizer,
+            peft_config=lora,
+        )
         # count non-padding tokens per collated batch: batches are consumed in collation order
         batch_tokens: list[int] = []
         collator = trainer.data_collator
 
         def counting_collator(features):
             batch = collator(features)
-            batch_tokens.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
-                                else int(batch["input_ids"].numel()))
+            batch_tokens.append(
+                int(batch["attention_mask"].sum())
+                if "attention_mask" in batch
+                else int(batch["input_ids"].numel())
+            )
             if len(batch_tokens) == 1:  # lets the parent state a bound if no step ever finishes
                 print(f"FIRST_BATCH_TOKENS {batch_tokens[0]} {time.perf_counter()}", flush=True)
             return batch
@@ -187,9 +230,13 @@ def run_trl(model_name: str, steps: int, budget: float, fast: bool) -> dict:
     timed = len(timer.ends) - 1
     tokens = sum(batch_tokens[1 : 1 + timed])
     seconds = timer.ends[-1] - timer.ends[0] if timed > 0 else float("nan")
-    return {"tokens_per_second": tokens / seconds if timed > 0 else 0.0, "timed_steps": timed,
-            "precision": "bf16 autocast" if args.bf16 else "fp32", "trained_tokens": tokens,
-            "gradient_checkpointing": bool(args.gradient_checkpointing)}
+    return {
+        "tokens_per_second": tokens / seconds if timed > 0 else 0.0,
+        "timed_steps": timed,
+        "precision": "bf16 autocast" if args.bf16 else "fp32",
+        "trained_tokens": tokens,
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+    }
 
 
 class _StepTimer:
@@ -234,12 +281,20 @@ def flops_per_token(model_name: str) -> float:
 
     model = load_model(model_name).model
     embedding = model.get_input_embeddings().weight.numel()
-    return 4.0 * (sum(p.numel() for p in model.parameters()) - embedding + model.lm_head.weight.numel())
+    return 4.0 * (
+        sum(p.numel() for p in model.parameters()) - embedding + model.lm_head.weight.numel()
+    )
 
 
 def worker(args) -> None:
     if args.worker.startswith("ours"):
-        out = run_ours(args.model, args.steps, args.worker == "ours-packed", args.worker == "ours-ckpt", args.profile)
+        out = run_ours(
+            args.model,
+            args.steps,
+            args.worker == "ours-packed",
+            args.worker == "ours-ckpt",
+            args.profile,
+        )
     else:
         out = run_trl(args.model, args.steps, args.budget, fast=args.worker == "trl-fast")
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -255,28 +310,49 @@ def peak_rss_of(pid: int) -> float:
 
 
 def report_timeout(name: str, stdout: str, seconds: float, peak_mb: float) -> None:
-    first = next((l.split() for l in stdout.splitlines() if l.startswith("FIRST_BATCH_TOKENS ")), None)
+    first = next(
+        (l.split() for l in stdout.splitlines() if l.startswith("FIRST_BATCH_TOKENS ")), None
+    )
     if first is None:
-        print(f"{name}: no result within {seconds:.0f} s (did not reach its first batch); peak RSS {peak_mb:.0f} MB")
+        print(
+            f"{name}: no result within {seconds:.0f} s (did not reach its first batch); peak RSS {peak_mb:.0f} MB"
+        )
         return
     # the step began when its batch was collated (perf_counter is CLOCK_MONOTONIC: one clock
     # for all processes on Linux), so it has run at least this long without finishing
     running = time.perf_counter() - float(first[2])
-    print(f"{name}: its first optimiser step ({first[1]} tokens) had not finished {running:.0f} s after its "
-          f"batch was ready: fewer than {int(first[1]) / running:.2f} tokens/s; peak RSS so far {peak_mb:.0f} MB",
-          flush=True)
+    print(
+        f"{name}: its first optimiser step ({first[1]} tokens) had not finished {running:.0f} s after its "
+        f"batch was ready: fewer than {int(first[1]) / running:.2f} tokens/s; peak RSS so far {peak_mb:.0f} MB",
+        flush=True,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--steps", type=int, default=4, help="timed optimiser steps per configuration")
-    parser.add_argument("--budget", type=float, default=240.0, help="seconds of timed steps at most, per TRL configuration")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="timed optimiser steps per configuration"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=240.0,
+        help="seconds of timed steps at most, per TRL configuration",
+    )
     parser.add_argument("--only", default=",".join(DEFAULT_RUN))
-    parser.add_argument("--profile", action="store_true", help="print a profile of one step of our loop")
-    parser.add_argument("--timeout", type=float, default=900.0,
-                        help="seconds a configuration may run in all; a TRL run that has not finished its "
-                             "first step by then is reported as a bound (fewer than first-batch tokens / time)")
+    parser.add_argument(
+        "--profile", action="store_true", help="print a profile of one step of our loop"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds a configuration may run in all; a TRL run that has not finished its "
+        "first step by then is reported as a bound (fewer than first-batch tokens / time)",
+    )
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -284,16 +360,30 @@ def main() -> None:
 
     import torch
 
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"AMX={torch.cpu._is_amx_tile_supported()} AVX512-bf16={torch.cpu._is_avx512_bf16_supported()}, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"AMX={torch.cpu._is_amx_tile_supported()} AVX512-bf16={torch.cpu._is_avx512_bf16_supported()}, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     rates = matmul_rates()
-    print(f"matmul rate (2048x576 @ 576x1536): bf16 {rates['bfloat16']:.1f} GFLOP/s, fp32 {rates['float32']:.1f} GFLOP/s")
+    print(
+        f"matmul rate (2048x576 @ 576x1536): bf16 {rates['bfloat16']:.1f} GFLOP/s, fp32 {rates['float32']:.1f} GFLOP/s"
+    )
     per_token = flops_per_token(args.model)
     results = {}
     for name in args.only.split(","):
-        command = [sys.executable, __file__, "--worker", name, "--model", args.model,
-                   "--steps", str(args.steps), "--budget", str(args.budget)] + (["--profile"] if args.profile else [])
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--model",
+            args.model,
+            "--steps",
+            str(args.steps),
+            "--budget",
+            str(args.budget),
+        ] + (["--profile"] if args.profile else [])
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -312,24 +402,36 @@ def main() -> None:
         results[name]["wall_s"] = time.perf_counter() - started
         if args.profile and "profile" in results[name]:
             r = results[name]
-            print(f"profile of one optimiser step of our loop ({r['precision']}, {r['tokens']} tokens, "
-                  f"{r['profiled_seconds']:.1f} s wall under the profiler):")
+            print(
+                f"profile of one optimiser step of our loop ({r['precision']}, {r['tokens']} tokens, "
+                f"{r['profiled_seconds']:.1f} s wall under the profiler):"
+            )
             print(results[name]["profile"])
             return
         print(f"{name}: done in {results[name]['wall_s']:.0f} s", flush=True)
 
-    print("\n| configuration | precision | tokens/s | peak RSS (MB) | timed steps | MFU vs bf16 | MFU vs fp32 |")
+    print(
+        "\n| configuration | precision | tokens/s | peak RSS (MB) | timed steps | MFU vs bf16 | MFU vs fp32 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         gflops = r["tokens_per_second"] * per_token / 1e9
-        print(f"| {name} | {r['precision']} | {r['tokens_per_second']:.1f} | {r['peak_rss_mb']:.0f} | {r['timed_steps']} "
-              f"| {gflops / rates['bfloat16']:.1%} | {gflops / rates['float32']:.1%} |")
+        print(
+            f"| {name} | {r['precision']} | {r['tokens_per_second']:.1f} | {r['peak_rss_mb']:.0f} | {r['timed_steps']} "
+            f"| {gflops / rates['bfloat16']:.1%} | {gflops / rates['float32']:.1%} |"
+        )
     for baseline in ("trl-default", "trl-fast"):
         for ours in ("ours", "ours-ckpt", "ours-packed"):
-            if baseline in results and ours in results and results[baseline]["tokens_per_second"] > 0:
+            if (
+                baseline in results
+                and ours in results
+                and results[baseline]["tokens_per_second"] > 0
+            ):
                 b, o = results[baseline], results[ours]
-                print(f"{ours} vs {baseline}: {o['tokens_per_second'] / b['tokens_per_second']:.2f}x tokens/s, "
-                      f"{o['peak_rss_mb'] / b['peak_rss_mb']:.2f}x peak RSS")
+                print(
+                    f"{ours} vs {baseline}: {o['tokens_per_second'] / b['tokens_per_second']:.2f}x tokens/s, "
+                    f"{o['peak_rss_mb'] / b['peak_rss_mb']:.2f}x peak RSS"
+                )
 
 
 if __name__ == "__main__":

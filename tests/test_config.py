@@ -20,8 +20,14 @@ def test_shipped_recipes_validate_and_their_data_exists(recipe):
 
 
 def test_dotted_overrides_are_parsed_as_yaml(tmp_path):
-    cfg = load_config(RECIPES[0], ["train.lr=1e-4", "train.lora_target_modules=[q_proj, v_proj]", "name=x"])
-    assert cfg.train.lr == 1e-4 and cfg.train.lora_target_modules == ["q_proj", "v_proj"] and cfg.name == "x"
+    cfg = load_config(
+        RECIPES[0], ["train.lr=1e-4", "train.lora_target_modules=[q_proj, v_proj]", "name=x"]
+    )
+    assert (
+        cfg.train.lr == 1e-4
+        and cfg.train.lora_target_modules == ["q_proj", "v_proj"]
+        and cfg.name == "x"
+    )
 
 
 @pytest.mark.parametrize(

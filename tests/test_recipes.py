@@ -30,12 +30,16 @@ def test_recipe_data_parses_without_bad_rows(recipe, tmp_path):
     assert summary["quarantined"] == 0, summary["quarantined_by_reason"]
     assert summary["splits"]["train"] > 0 and summary["splits"]["test"] > 0
     assert summary["skipped_files"] == []
-    if dataset.labels is not None:  # classification: readable label names, every one seen in training
+    if (
+        dataset.labels is not None
+    ):  # classification: readable label names, every one seen in training
         assert not any(label.isdigit() for label in dataset.labels), dataset.labels
         assert {e.label for e in dataset.test} <= {e.label for e in dataset.train}
 
 
-@pytest.mark.parametrize("folder", sorted(p for p in DATA.iterdir() if p.is_dir()), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "folder", sorted(p for p in DATA.iterdir() if p.is_dir()), ids=lambda p: p.name
+)
 def test_shipped_data_has_licence_and_attribution_and_is_small(folder):
     assert (folder / "LICENSE").is_file() and (folder / "ATTRIBUTION.md").is_file()
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -43,7 +47,11 @@ def test_shipped_data_has_licence_and_attribution_and_is_small(folder):
 
 
 def test_every_recipe_data_folder_is_used():
-    used = {Path(f).parts[1] for r in RECIPES for f in [*load_config(r).data.train_files, *load_config(r).data.test_files]}
+    used = {
+        Path(f).parts[1]
+        for r in RECIPES
+        for f in [*load_config(r).data.train_files, *load_config(r).data.test_files]
+    }
     assert used == {p.name for p in DATA.iterdir() if p.is_dir()}
 
 

@@ -26,20 +26,38 @@ def write_recipe(path: Path, model_dir: Path, **sections) -> Path:
             "val_fraction": 0.1,
             "max_seq_len": 64,
         },
-        "train": {"method": "lora", "lora_r": 8, "epochs": 6, "batch_size": 8, "lr": 0.02, "lr_warmup_steps": 2,
-                  "log_every_steps": 2},
+        "train": {
+            "method": "lora",
+            "lora_r": 8,
+            "epochs": 6,
+            "batch_size": 8,
+            "lr": 0.02,
+            "lr_warmup_steps": 2,
+            "log_every_steps": 2,
+        },
         "evaluate": {"max_new_tokens": 8, "batch_size": 8},
     }
     for section, values in sections.items():
-        recipe.setdefault(section, {}).update(values) if isinstance(values, dict) else recipe.__setitem__(section, values)
+        recipe.setdefault(section, {}).update(values) if isinstance(
+            values, dict
+        ) else recipe.__setitem__(section, values)
     path.write_text(yaml.safe_dump(recipe))
     return path
 
 
 def tunewright(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TUNEWRIGHT_CACHE": str(env_cache), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "TUNEWRIGHT_CACHE": str(env_cache),
+        "COLUMNS": "200",
+        "OMP_NUM_THREADS": "1",
+    }
     return subprocess.run(
-        [sys.executable, "-m", "tunewright.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "tunewright.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -47,16 +65,32 @@ def tunewright(*args: str, cwd: Path, env_cache: Path) -> subprocess.CompletedPr
 @pytest.mark.slow
 def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir)
-    result = tunewright("run", str(recipe), "output_dir=runs", cwd=tmp_path, env_cache=tmp_path / "cache")
+    result = tunewright(
+        "run", str(recipe), "output_dir=runs", cwd=tmp_path, env_cache=tmp_path / "cache"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
     run = tmp_path / "runs" / "tiny"
     expected = {
-        "config.yaml", "training.json", "metrics.jsonl", "report.md", "report.html", "eval/general.jsonl",
-        "data/train.parquet", "data/val.parquet", "data/test.parquet", "data/quarantine.jsonl", "data/summary.json",
-        "data/duplicates.jsonl", "data/manifest.json", "data/card.md", "data/length_histogram.png",
-        "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-        "eval/results.json", "eval/examples.jsonl",
+        "config.yaml",
+        "training.json",
+        "metrics.jsonl",
+        "report.md",
+        "report.html",
+        "eval/general.jsonl",
+        "data/train.parquet",
+        "data/val.parquet",
+        "data/test.parquet",
+        "data/quarantine.jsonl",
+        "data/summary.json",
+        "data/duplicates.jsonl",
+        "data/manifest.json",
+        "data/card.md",
+        "data/length_histogram.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "eval/results.json",
+        "eval/examples.jsonl",
     }
     present = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
     assert expected <= present, expected - present
@@ -78,8 +112,16 @@ def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir):
         assert cell["low"] <= cell["value"] <= cell["high"]
     assert tuned["value"] > base["value"], (base, tuned)
 
-    examples = [json.loads(line) for line in (run / "eval" / "examples.jsonl").read_text().splitlines()]
-    assert len(examples) == 16 and {"base_0shot", "base_kshot", "tuned", "reference", "outcome"} <= set(examples[0])
+    examples = [
+        json.loads(line) for line in (run / "eval" / "examples.jsonl").read_text().splitlines()
+    ]
+    assert len(examples) == 16 and {
+        "base_0shot",
+        "base_kshot",
+        "tuned",
+        "reference",
+        "outcome",
+    } <= set(examples[0])
 
     # the summary table is printed with both models' scores
     assert "base" in result.stdout and "tuned" in result.stdout and "accuracy" in result.stdout
@@ -96,12 +138,16 @@ def test_unknown_recipe_key_is_named(tmp_path, tiny_model_dir):
 
 def test_unknown_override_key_is_named(tmp_path, tiny_model_dir):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir)
-    result = tunewright("prepare", str(recipe), "data.max_len=5", cwd=tmp_path, env_cache=tmp_path / "cache")
+    result = tunewright(
+        "prepare", str(recipe), "data.max_len=5", cwd=tmp_path, env_cache=tmp_path / "cache"
+    )
     assert result.returncode == 1 and "data.max_len: unknown key" in result.stderr
 
 
 def test_missing_data_file_is_named(tmp_path, tiny_model_dir):
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, data={"train_files": ["nowhere/train.csv"]})
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", tiny_model_dir, data={"train_files": ["nowhere/train.csv"]}
+    )
     result = tunewright("prepare", str(recipe), cwd=tmp_path, env_cache=tmp_path / "cache")
     assert result.returncode == 1
     assert "data file not found" in result.stderr and "nowhere/train.csv" in result.stderr
@@ -117,19 +163,37 @@ def _bad_file(tmp_path: Path) -> Path:
 
 
 def test_row_without_needed_field_stops_strict_run(tmp_path, tiny_model_dir):
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, data={"train_files": [str(_bad_file(tmp_path))]})
-    result = tunewright("prepare", str(recipe), "--strict", cwd=tmp_path, env_cache=tmp_path / "cache")
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", tiny_model_dir, data={"train_files": [str(_bad_file(tmp_path))]}
+    )
+    result = tunewright(
+        "prepare", str(recipe), "--strict", cwd=tmp_path, env_cache=tmp_path / "cache"
+    )
     assert result.returncode == 1
     assert f"{tmp_path / 'bad.csv'}:4" in result.stderr and "field 'label': empty" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_row_without_needed_field_is_quarantined(tmp_path, tiny_model_dir):
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, data={"train_files": [str(_bad_file(tmp_path))]})
-    result = tunewright("prepare", str(recipe), "output_dir=runs", cwd=tmp_path, env_cache=tmp_path / "cache")
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", tiny_model_dir, data={"train_files": [str(_bad_file(tmp_path))]}
+    )
+    result = tunewright(
+        "prepare", str(recipe), "output_dir=runs", cwd=tmp_path, env_cache=tmp_path / "cache"
+    )
     assert result.returncode == 0, result.stderr
-    quarantine = [json.loads(x) for x in (tmp_path / "runs/tiny/data/quarantine.jsonl").read_text().splitlines()]
-    assert quarantine == [{"location": f"{tmp_path / 'bad.csv'}:4", "reason": "field 'label': empty"}]
+    quarantine = [
+        json.loads(x)
+        for x in (tmp_path / "runs/tiny/data/quarantine.jsonl").read_text().splitlines()
+    ]
+    assert quarantine == [
+        {"location": f"{tmp_path / 'bad.csv'}:4", "reason": "field 'label': empty"}
+    ]
     summary = json.loads((tmp_path / "runs/tiny/data/summary.json").read_text())
     assert summary["quarantined"] == 1
-    assert summary["rows_read"] == summary["quarantined"] + sum(summary["splits"].values()) + summary["not_used_after_sampling"]
+    assert (
+        summary["rows_read"]
+        == summary["quarantined"]
+        + sum(summary["splits"].values())
+        + summary["not_used_after_sampling"]
+    )

@@ -22,17 +22,25 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _recipe(path: Path, model_dir: Path, **train) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "tiny",
-        "output_dir": str(path.parent / "runs"),
-        "model": {"name": str(model_dir)},
-        "data": {"train_files": [str(FIXTURES / "intents_train.csv")],
-                 "test_files": [str(FIXTURES / "intents_test.csv")],
-                 "columns": {"label": "category"}, "system_prompt": "Name the intent.",
-                 "max_seq_len": 64, "val_fraction": 0.1},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 0.02, "lr_warmup_steps": 1, **train},
-        "evaluate": {"max_new_tokens": 8, "batch_size": 8, "general_check": False},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "output_dir": str(path.parent / "runs"),
+                "model": {"name": str(model_dir)},
+                "data": {
+                    "train_files": [str(FIXTURES / "intents_train.csv")],
+                    "test_files": [str(FIXTURES / "intents_test.csv")],
+                    "columns": {"label": "category"},
+                    "system_prompt": "Name the intent.",
+                    "max_seq_len": 64,
+                    "val_fraction": 0.1,
+                },
+                "train": {"epochs": 3, "batch_size": 8, "lr": 0.02, "lr_warmup_steps": 1, **train},
+                "evaluate": {"max_new_tokens": 8, "batch_size": 8, "general_check": False},
+            }
+        )
+    )
     return path
 
 
@@ -47,8 +55,12 @@ class _InMemory(PreparedDataset):
 
 def _dataset(n: int) -> PreparedDataset:
     # sorted by label, as input files often are: a plain prefix would hold one label only
-    rows = [Example((Message("user", f"q{i}"), Message("assistant", label)), label=label, source=f"f:{i}")
-            for i, label in enumerate(["a"] * (n // 2) + ["b"] * (n - n // 2))]
+    rows = [
+        Example(
+            (Message("user", f"q{i}"), Message("assistant", label)), label=label, source=f"f:{i}"
+        )
+        for i, label in enumerate(["a"] * (n // 2) + ["b"] * (n - n // 2))
+    ]
     return _InMemory({"train": rows, "val": rows[:2], "test": rows[:3]})
 
 
@@ -63,27 +75,38 @@ def test_subsets_are_nested_stratified_samples_and_keep_val_and_test():
     assert nested_subset(dataset, 0.5, seed=0).train == subsets[1]  # the seed fixes the sample
     assert nested_subset(dataset, 0.5, seed=1).train != subsets[1]
     assert len(nested_subset(dataset, 0.01, seed=0).train) == 1  # never empty
-    assert nested_subset(dataset, 0.5, seed=0).test is dataset.test and nested_subset(dataset, 0.5, seed=0).val is dataset.val
+    assert (
+        nested_subset(dataset, 0.5, seed=0).test is dataset.test
+        and nested_subset(dataset, 0.5, seed=0).val is dataset.val
+    )
 
 
-def test_sub_run_config_lives_under_the_run_and_scores_only_the_tuned_model(tmp_path, tiny_model_dir):
+def test_sub_run_config_lives_under_the_run_and_scores_only_the_tuned_model(
+    tmp_path, tiny_model_dir
+):
     cfg = load_config(_recipe(tmp_path / "r.yaml", tiny_model_dir, scaling_fractions=[1, 0.25]))
     assert cfg.train.scaling_fractions == [0.25, 1.0]  # sorted
     sub = fraction_config(cfg, 0.25)
     assert sub.run_dir == cfg.run_dir / "scaling" / "fraction-0.25"
     assert sub.evaluate.models == ["tuned"] and sub.train.scaling_fractions == []
-    assert sub.data == cfg.data and sub.train.lr == cfg.train.lr and sub.train.seed == cfg.train.seed
+    assert (
+        sub.data == cfg.data and sub.train.lr == cfg.train.lr and sub.train.seed == cfg.train.seed
+    )
 
 
 @pytest.mark.parametrize("bad", ["[0]", "[1.5]", "[-0.5, 0.5]"])
 def test_fractions_outside_zero_one_are_named(tmp_path, tiny_model_dir, bad):
     with pytest.raises(ConfigError, match=r"train\.scaling_fractions must lie in \(0, 1\]"):
-        load_config(_recipe(tmp_path / "r.yaml", tiny_model_dir), [f"train.scaling_fractions={bad}"])
+        load_config(
+            _recipe(tmp_path / "r.yaml", tiny_model_dir), [f"train.scaling_fractions={bad}"]
+        )
 
 
 def test_cli_scaling_option_sets_the_fractions(tmp_path, tiny_model_dir):
     recipe = _recipe(tmp_path / "r.yaml", tiny_model_dir)
-    result = CliRunner().invoke(app, ["run", str(recipe), "--scaling", "0.5,0.25,1", "--print-config"])
+    result = CliRunner().invoke(
+        app, ["run", str(recipe), "--scaling", "0.5,0.25,1", "--print-config"]
+    )
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.output)["train"]["scaling_fractions"] == [0.25, 0.5, 1.0]
 
@@ -104,7 +127,9 @@ def test_run_with_scaling_writes_the_curve(tmp_path, tiny_model_dir):
     assert [p["examples"] for p in points] == [round(n_train / 2), n_train]
     for p in points:
         assert set(p) == {"fraction", "examples", "value", "low", "high"}
-        assert isinstance(p["examples"], int) and all(isinstance(p[k], float) for k in ("fraction", "value", "low", "high"))
+        assert isinstance(p["examples"], int) and all(
+            isinstance(p[k], float) for k in ("fraction", "value", "low", "high")
+        )
         assert 0 <= p["low"] <= p["value"] <= p["high"] <= 1
     # the full fraction is the main run itself, not trained again
     assert points[1]["value"] == result.eval.models["tuned"].metrics["accuracy"]["value"]
@@ -115,8 +140,17 @@ def test_run_with_scaling_writes_the_curve(tmp_path, tiny_model_dir):
     sub = folder / "fraction-0.5"
     assert (sub / "adapter" / "adapter_model.safetensors").is_file()
     sub_results = json.loads((sub / "eval" / "results.json").read_text())
-    assert list(sub_results["models"]) == ["tuned"] and sub_results["n_examples"] == result.eval.n_examples
-    sub_examples = [json.loads(line)["source"] for line in (sub / "eval" / "examples.jsonl").read_text().splitlines()]
-    main_examples = [json.loads(line)["source"] for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()]
+    assert (
+        list(sub_results["models"]) == ["tuned"]
+        and sub_results["n_examples"] == result.eval.n_examples
+    )
+    sub_examples = [
+        json.loads(line)["source"]
+        for line in (sub / "eval" / "examples.jsonl").read_text().splitlines()
+    ]
+    main_examples = [
+        json.loads(line)["source"]
+        for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()
+    ]
     assert sub_examples == main_examples
     assert not list(tmp_path.rglob(".*.tmp")), "temporary files left behind"

@@ -26,10 +26,16 @@ err_console = Console(stderr=True)
 
 Recipe = Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")]
 Overrides = Annotated[
-    list[str] | None, typer.Argument(help="Dotted overrides, e.g. train.lr=1e-4 data.max_train_examples=500.")
+    list[str] | None,
+    typer.Argument(help="Dotted overrides, e.g. train.lr=1e-4 data.max_train_examples=500."),
 ]
-PrintConfig = Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")]
-Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first bad data row instead of quarantining it.")]
+PrintConfig = Annotated[
+    bool, typer.Option("--print-config", help="Print the resolved config and exit.")
+]
+Strict = Annotated[
+    bool,
+    typer.Option("--strict", help="Stop at the first bad data row instead of quarantining it."),
+]
 
 
 def _config(recipe: Path, overrides: list[str] | None, print_config: bool) -> RunConfig:
@@ -53,7 +59,12 @@ def _guard(fn):
 
 
 @app.command()
-def prepare(recipe: Recipe, overrides: Overrides = None, strict: Strict = False, print_config: PrintConfig = False):
+def prepare(
+    recipe: Recipe,
+    overrides: Overrides = None,
+    strict: Strict = False,
+    print_config: PrintConfig = False,
+):
     """Read, validate and split the recipe's data into <run>/data/."""
     from tunewright.data.prepare import prepare as prepare_data
 
@@ -71,25 +82,37 @@ def train(
     overrides: Overrides = None,
     strict: Strict = False,
     print_config: PrintConfig = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Run a few steps; report speed, memory, ETA.")] = False,
-    dry_run_steps: Annotated[int, typer.Option(help="Timed steps of a dry run (after one warm-up step).")] = 3,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Run a few steps; report speed, memory, ETA.")
+    ] = False,
+    dry_run_steps: Annotated[
+        int, typer.Option(help="Timed steps of a dry run (after one warm-up step).")
+    ] = 3,
 ):
     """Fine-tune on the prepared data (prepares it first if needed)."""
     from tunewright.pipeline import load_or_prepare
     from tunewright.train.loop import train as train_model
 
     def go():
-        cfg = _config(recipe, [*(overrides or []), *(["train.resume=true"] if resume else [])], print_config)
+        cfg = _config(
+            recipe, [*(overrides or []), *(["train.resume=true"] if resume else [])], print_config
+        )
         dataset = load_or_prepare(cfg, strict=strict, console=console)
-        result = train_model(cfg, dataset, console=console, dry_run_steps=dry_run_steps if dry_run else None)
+        result = train_model(
+            cfg, dataset, console=console, dry_run_steps=dry_run_steps if dry_run else None
+        )
         if dry_run:
             console.print(
                 f"fit check: {result.tokens_per_second:.0f} tokens/s, peak memory {result.peak_memory_mb:,.0f} MB, "
                 f"{result.planned_steps} steps planned, estimated {result.eta_seconds / 60:.1f} min for the whole run"
             )
         else:
-            console.print(f"saved {result.output_dir} ({result.steps} steps, {result.tokens_per_second:.0f} tokens/s)")
+            console.print(
+                f"saved {result.output_dir} ({result.steps} steps, {result.tokens_per_second:.0f} tokens/s)"
+            )
 
     _guard(go)
 
@@ -106,7 +129,9 @@ def evaluate(recipe: Recipe, overrides: Overrides = None, print_config: PrintCon
         dataset = load_prepared(cfg.run_dir / "data")
         trained = cfg.run_dir / ("adapter" if cfg.train.method == "lora" else "model")
         if "tuned" in cfg.evaluate.models and not trained.is_dir():
-            raise TunewrightError(f"no trained model in {cfg.run_dir}; run `tunewright train {recipe}` first")
+            raise TunewrightError(
+                f"no trained model in {cfg.run_dir}; run `tunewright train {recipe}` first"
+            )
         result = evaluate_models(cfg, dataset, trained, console=console)
         training_json = cfg.run_dir / "training.json"
         training = json.loads(training_json.read_text()) if training_json.is_file() else None
@@ -121,21 +146,53 @@ def evaluate(recipe: Recipe, overrides: Overrides = None, print_config: PrintCon
 
 @app.command()
 def harness(
-    source: Annotated[str, typer.Argument(help="A run folder (its base and tuned models are compared) or a model.")],
-    tasks: Annotated[list[str] | None, typer.Option("--tasks", "-t", help="Task names, comma-separated or repeated (default: tunewright_general_mc).")] = None,
-    include: Annotated[list[Path] | None, typer.Option("--include", help="Folder of lm_eval task YAMLs with local data (repeatable).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Score at most this many documents per task.")] = None,
+    source: Annotated[
+        str,
+        typer.Argument(help="A run folder (its base and tuned models are compared) or a model."),
+    ],
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tasks",
+            "-t",
+            help="Task names, comma-separated or repeated (default: tunewright_general_mc).",
+        ),
+    ] = None,
+    include: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--include", help="Folder of lm_eval task YAMLs with local data (repeatable)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Score at most this many documents per task.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 8,
-    chat_template: Annotated[bool, typer.Option("--chat-template", help="Wrap prompts in the model's chat template.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Results file (default: <run>/eval/harness.json, or ./harness.json for a model).")] = None,
+    chat_template: Annotated[
+        bool, typer.Option("--chat-template", help="Wrap prompts in the model's chat template.")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Results file (default: <run>/eval/harness.json, or ./harness.json for a model)."
+        ),
+    ] = None,
 ):
     """Run lm-evaluation-harness tasks from local files on a run's base and tuned models."""
     from tunewright.evaluate.harness import DEFAULT_TASKS, harness_table
     from tunewright.evaluate.harness import harness as run_harness
 
     def go():
-        result = run_harness(source, tasks or DEFAULT_TASKS, include=include or (), limit=limit, batch_size=batch_size,
-                             apply_chat_template=chat_template, output=output, console=err_console)
+        result = run_harness(
+            source,
+            tasks or DEFAULT_TASKS,
+            include=include or (),
+            limit=limit,
+            batch_size=batch_size,
+            apply_chat_template=chat_template,
+            output=output,
+            console=err_console,
+        )
         console.print(harness_table(result))
         console.print(f"saved {result.path}", highlight=False)
 
@@ -148,7 +205,12 @@ def run(
     overrides: Overrides = None,
     strict: Strict = False,
     print_config: PrintConfig = False,
-    scaling: Annotated[str | None, typer.Option(help="Also train on these shares of the train split, e.g. 0.25,0.5,1 (sets train.scaling_fractions).")] = None,
+    scaling: Annotated[
+        str | None,
+        typer.Option(
+            help="Also train on these shares of the train split, e.g. 0.25,0.5,1 (sets train.scaling_fractions)."
+        ),
+    ] = None,
 ):
     """Prepare, train (LoRA), evaluate base vs tuned, and write a run folder with a report."""
     from tunewright.pipeline import run as run_pipeline
@@ -185,7 +247,11 @@ def data_inspect(
         if split not in ("train", "val", "test"):
             raise TunewrightError(f"--split must be train, val or test, got {split!r}")
         folder = cfg.run_dir / "data"
-        dataset = load_prepared(folder) if (folder / "summary.json").is_file() else prepare_data(cfg, console=err_console)
+        dataset = (
+            load_prepared(folder)
+            if (folder / "summary.json").is_file()
+            else prepare_data(cfg, console=err_console)
+        )
         tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
         chat = ChatTokenizer(tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
         report = inspect_examples(chat, dataset.split(split), console, show=show)
@@ -201,24 +267,39 @@ def schema():
     console.print_json(json.dumps(RunConfig.model_json_schema()))
 
 
-
 RunDir = Annotated[Path, typer.Argument(help="Run folder, e.g. runs/customer-support.")]
 
 
 @app.command()
 def export(
     run_dir: RunDir,
-    formats: Annotated[list[str] | None, typer.Option("--format", "-f", help="adapter, merged or gguf (repeat for several).")] = None,
-    quants: Annotated[list[str] | None, typer.Option("--quant", "-q", help="GGUF type: f16, bf16 or q8_0 (repeat for several).")] = None,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Where to write (default: <run>/export).")] = None,
-    parity_prompts: Annotated[int, typer.Option(help="Test prompts compared after each export (0: all).")] = 100,
+    formats: Annotated[
+        list[str] | None,
+        typer.Option("--format", "-f", help="adapter, merged or gguf (repeat for several)."),
+    ] = None,
+    quants: Annotated[
+        list[str] | None,
+        typer.Option("--quant", "-q", help="GGUF type: f16, bf16 or q8_0 (repeat for several)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", help="Where to write (default: <run>/export).")
+    ] = None,
+    parity_prompts: Annotated[
+        int, typer.Option(help="Test prompts compared after each export (0: all).")
+    ] = 100,
 ):
     """Export a tuned run (adapter, merged HF folder, GGUF + Ollama Modelfile), each parity-checked."""
     from tunewright.export.runner import export as export_run
 
     def go():
-        results = export_run(run_dir, formats or ["merged"], quants=quants or ["q8_0"], output_dir=output_dir,
-                             parity_prompts=parity_prompts or None, console=console)
+        results = export_run(
+            run_dir,
+            formats or ["merged"],
+            quants=quants or ["q8_0"],
+            output_dir=output_dir,
+            parity_prompts=parity_prompts or None,
+            console=console,
+        )
         for result in results:
             console.print(f"{result.artifact}: {result.folder}", highlight=False)
 
@@ -227,14 +308,34 @@ def export(
 
 @app.command()
 def serve(
-    sources: Annotated[list[str], typer.Argument(help="A model (smollm2-135m, a folder, a .gguf) and/or run folders; each LoRA run is served under its run name.")],
-    adapters: Annotated[list[str] | None, typer.Option("--adapter", help="Extra adapter folder as NAME=PATH (repeatable).")] = None,
-    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key.")] = "127.0.0.1",
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="A model (smollm2-135m, a folder, a .gguf) and/or run folders; each LoRA run is served under its run name."
+        ),
+    ],
+    adapters: Annotated[
+        list[str] | None,
+        typer.Option("--adapter", help="Extra adapter folder as NAME=PATH (repeatable)."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs an API key.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key: Annotated[str | None, typer.Option(envvar="TUNEWRIGHT_API_KEY", help="Require 'Authorization: Bearer KEY' (env TUNEWRIGHT_API_KEY).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TUNEWRIGHT_API_KEY",
+            help="Require 'Authorization: Bearer KEY' (env TUNEWRIGHT_API_KEY).",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int, typer.Option(help="Largest max_tokens a request may ask for.")
+    ] = 1024,
     max_batch_size: Annotated[int, typer.Option(help="Most sequences decoded together.")] = 16,
-    timeout: Annotated[float, typer.Option(help="Seconds before an unanswered request fails.")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds before an unanswered request fails.")
+    ] = 300.0,
 ):
     """Serve models and tuned runs over an OpenAI-compatible HTTP API."""
     from tunewright.serve.server import serve as run_server
@@ -244,16 +345,26 @@ def serve(
         pairs = [a.partition("=") for a in adapters or []]
         if any(not sep or not name for name, sep, _ in pairs):
             raise TunewrightError("--adapter takes NAME=PATH")
-        settings = ServeSettings(host=host, port=port, api_key=api_key or None, max_tokens=max_tokens,
-                                 max_batch_size=max_batch_size, request_timeout_s=timeout)
-        run_server(sources, settings, adapters={name: path for name, _, path in pairs}, console=console)
+        settings = ServeSettings(
+            host=host,
+            port=port,
+            api_key=api_key or None,
+            max_tokens=max_tokens,
+            max_batch_size=max_batch_size,
+            request_timeout_s=timeout,
+        )
+        run_server(
+            sources, settings, adapters={name: path for name, _, path in pairs}, console=console
+        )
 
     _guard(go)
 
 
 @app.command()
 def chat(
-    source: Annotated[str, typer.Argument(help="A model (smollm2-135m, a folder) or a run folder.")],
+    source: Annotated[
+        str, typer.Argument(help="A model (smollm2-135m, a folder) or a run folder.")
+    ],
     system: Annotated[str | None, typer.Option(help="System prompt (default: the run's).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 512,
     temperature: Annotated[float, typer.Option(help="0 answers greedily.")] = 0.7,
@@ -261,8 +372,16 @@ def chat(
     """Chat with a model or a tuned run in the terminal, answers streamed."""
     from tunewright.serve.chat import chat as run_chat
 
-    _guard(lambda: run_chat(source, system_prompt=system, max_tokens=max_tokens, temperature=temperature,
-                            console=console))
+    _guard(
+        lambda: run_chat(
+            source,
+            system_prompt=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            console=console,
+        )
+    )
+
 
 def main() -> None:  # pragma: no cover - console-script entry point
     app()

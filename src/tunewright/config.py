@@ -80,19 +80,26 @@ class DataConfig(_Strict):
         description="Cleaning steps: unicode (NFC), control (characters), whitespace, html (tags, entities), urls (to [URL]).",
     )
     pii_redact: list[PiiType] = Field(
-        default_factory=list, description="PII types replaced by [TYPE] placeholders, e.g. [EMAIL, PHONE]; empty: off."
+        default_factory=list,
+        description="PII types replaced by [TYPE] placeholders, e.g. [EMAIL, PHONE]; empty: off.",
     )
     pii_patterns: dict[str, str] = Field(
-        default_factory=dict, description="Extra PII regexes by placeholder name, e.g. {MRN: 'MRN[:# ]*[0-9]{6,10}'}."
+        default_factory=dict,
+        description="Extra PII regexes by placeholder name, e.g. {MRN: 'MRN[:# ]*[0-9]{6,10}'}.",
     )
     dedup: Literal["off", "report", "exact", "near"] = Field(
-        "report", description="Duplicates: report only, remove exact ones, or remove exact and near ones."
+        "report",
+        description="Duplicates: report only, remove exact ones, or remove exact and near ones.",
     )
     dedup_threshold: float = Field(
-        0.8, gt=0.0, le=1.0, description="Word-set Jaccard similarity from which two rows are near duplicates."
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Word-set Jaccard similarity from which two rows are near duplicates.",
     )
     split: Literal["random", "stratified", "group"] = Field(
-        "random", description="How rows are split: at random, stratified by label, or by data.group_by."
+        "random",
+        description="How rows are split: at random, stratified by label, or by data.group_by.",
     )
     group_by: str | None = Field(
         None,
@@ -113,9 +120,13 @@ class DataConfig(_Strict):
     def _check_group_split(cls, group_by: str | None, info: ValidationInfo) -> str | None:
         split = info.data.get("split")
         if split == "group" and not group_by:
-            raise ValueError("data.split is 'group': name the column that groups rows in data.group_by")
+            raise ValueError(
+                "data.split is 'group': name the column that groups rows in data.group_by"
+            )
         if group_by and split != "group":
-            raise ValueError(f"data.split is {split!r}; set data.split: group to split by data.group_by")
+            raise ValueError(
+                f"data.split is {split!r}; set data.split: group to split by data.group_by"
+            )
         return group_by
 
 
@@ -130,14 +141,20 @@ class TrainConfig(_Strict):
     lora_layers: int | None = Field(
         None, ge=1, description="Adapt only the top N layers (backward stops below them: faster)."
     )
-    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA); slower, sometimes better.")
+    use_dora: bool = Field(
+        False, description="Weight-decomposed LoRA (DoRA); slower, sometimes better."
+    )
     loraplus_lr_ratio: float | None = Field(
-        None, ge=1.0, description="LoRA+: the B matrices learn at lr times this (e.g. 16); None = one lr for all.",
+        None,
+        ge=1.0,
+        description="LoRA+: the B matrices learn at lr times this (e.g. 16); None = one lr for all.",
     )
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     max_minutes: float | None = Field(
-        None, gt=0, description="Time budget: stop when this much training time is spent; the LR schedule decays over it.",
+        None,
+        gt=0,
+        description="Time budget: stop when this much training time is spent; the LR schedule decays over it.",
     )
     batch_size: int = Field(16, ge=1, description="Examples per micro-batch.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
@@ -152,35 +169,48 @@ class TrainConfig(_Strict):
         "auto", description="'auto' uses bf16 where the hardware runs it fast (AMX CPUs, CUDA)."
     )
     packing: bool = Field(
-        False, description="Pack several examples per row (attention kept per example); batch_size then counts rows."
+        False,
+        description="Pack several examples per row (attention kept per example); batch_size then counts rows.",
     )
     activation_checkpointing: bool = Field(
-        False, description="Memory-lean: recompute activations in backward, return freed memory to the OS (~1/4 the RSS, ~1/2 the speed).",
+        False,
+        description="Memory-lean: recompute activations in backward, return freed memory to the OS (~1/4 the RSS, ~1/2 the speed).",
     )
     shared_prefix: bool = Field(
-        True, description="Run the prompt start all rows of a micro-batch share (system prompt, headers) once, not per row; same result, faster.",
+        True,
+        description="Run the prompt start all rows of a micro-batch share (system prompt, headers) once, not per row; same result, faster.",
     )
     label_weighting: LabelWeighting = Field(
-        "none", description="Labelled data: weight examples by 1/count (balanced) or 1/sqrt(count) of their label, for macro-F1.",
+        "none",
+        description="Labelled data: weight examples by 1/count (balanced) or 1/sqrt(count) of their label, for macro-F1.",
     )
     general_replay: int = Field(
-        0, ge=0, le=240,
+        0,
+        ge=0,
+        le=240,
         description="Mix the base model's own answers to this many general prompts into training, against forgetting (0 = off).",
     )
     eval_every_steps: int | None = Field(
         None, ge=1, description="Validation loss every N steps (default: at the end only)."
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many validations without a better val loss; keep the best."
+        None,
+        ge=1,
+        description="Stop after this many validations without a better val loss; keep the best.",
     )
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Write a resumable checkpoint every N optimiser steps."
     )
-    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept (the best is kept as well).")
-    resume: bool = Field(False, description="Continue from the newest complete checkpoint in the run folder.")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Newest checkpoints kept (the best is kept as well)."
+    )
+    resume: bool = Field(
+        False, description="Continue from the newest complete checkpoint in the run folder."
+    )
     log_every_steps: int = Field(5, ge=1, description="Write a metrics.jsonl row every N steps.")
     fsdp: bool = Field(
-        False, description="Under torchrun/accelerate launch: shard weights, gradients and optimiser state (FSDP2) instead of DDP.",
+        False,
+        description="Under torchrun/accelerate launch: shard weights, gradients and optimiser state (FSDP2) instead of DDP.",
     )
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"],
@@ -202,23 +232,34 @@ class TrainConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
-    enabled: bool = Field(False, description="Grade answers with an LLM judge (adds judge_score); needs an endpoint.")
-    base_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge, e.g. https://api.openai.com/v1."
+    enabled: bool = Field(
+        False, description="Grade answers with an LLM judge (adds judge_score); needs an endpoint."
     )
-    model: str = Field("", description="Judge model name as the endpoint knows it, e.g. gpt-4o-mini.")
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        description="OpenAI-compatible endpoint of the judge, e.g. https://api.openai.com/v1.",
+    )
+    model: str = Field(
+        "", description="Judge model name as the endpoint knows it, e.g. gpt-4o-mini."
+    )
     api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="Environment variable holding the API key (never stored); null: no key."
+        "OPENAI_API_KEY",
+        description="Environment variable holding the API key (never stored); null: no key.",
     )
     rubric: str | None = Field(
-        None, description="Judging instructions; empty: is the answer correct and helpful vs the reference."
+        None,
+        description="Judging instructions; empty: is the answer correct and helpful vs the reference.",
     )
-    scale: Literal["1-5", "pass_fail"] = Field("1-5", description="Judge score: a rating 1-5, or pass/fail (1/0).")
+    scale: Literal["1-5", "pass_fail"] = Field(
+        "1-5", description="Judge score: a rating 1-5, or pass/fail (1/0)."
+    )
 
     @model_validator(mode="after")
     def _check_model(self) -> JudgeConfig:
         if self.enabled and not self.model.strip():
-            raise ValueError("evaluate.judge.enabled is true: name the judge model in evaluate.judge.model")
+            raise ValueError(
+                "evaluate.judge.enabled is true: name the judge model in evaluate.judge.model"
+            )
         return self
 
 
@@ -235,20 +276,30 @@ class EvalConfig(_Strict):
         default_factory=lambda: ["base_0shot", "base_kshot", "tuned"],
         description="Variants scored: base with the labels listed, base with base_shots examples, tuned.",
     )
-    base_shots: int = Field(5, ge=1, description="Train examples shown to base_kshot as earlier chat turns.")
+    base_shots: int = Field(
+        5, ge=1, description="Train examples shown to base_kshot as earlier chat turns."
+    )
     compare_runs: list[str] = Field(
-        default_factory=list, description="Other run folders whose tuned model is scored on the same examples."
+        default_factory=list,
+        description="Other run folders whose tuned model is scored on the same examples.",
     )
     general_check: bool = Field(
-        True, description="Ask base and tuned ~50 general questions to check no general ability was lost."
+        True,
+        description="Ask base and tuned ~50 general questions to check no general ability was lost.",
     )
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Optional LLM judge (off by default).")
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig, description="Optional LLM judge (off by default)."
+    )
 
     @field_validator("models", mode="before")
     @classmethod
     def _legacy_base_name(cls, value):
         # run folders written by tunewright 0.1.0 say "base" for what is now base_0shot
-        return ["base_0shot" if v == "base" else v for v in value] if isinstance(value, list) else value
+        return (
+            ["base_0shot" if v == "base" else v for v in value]
+            if isinstance(value, list)
+            else value
+        )
 
 
 class RunConfig(_Strict):
@@ -265,13 +316,17 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _check_data(self) -> RunConfig:
         if self.data.test_files == [] and self.data.test_fraction == 0:
-            raise ValueError("data.test_fraction is 0 and data.test_files is empty: nothing to test on")
+            raise ValueError(
+                "data.test_fraction is 0 and data.test_files is empty: nothing to test on"
+            )
         return self
 
     @model_validator(mode="after")
     def _check_train(self) -> RunConfig:
         if self.train.early_stopping_patience and not self.train.eval_every_steps:
-            raise ValueError("train.early_stopping_patience needs train.eval_every_steps (how often to validate)")
+            raise ValueError(
+                "train.early_stopping_patience needs train.eval_every_steps (how often to validate)"
+            )
         return self
 
     @property
@@ -331,7 +386,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConf
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: a recipe must be a mapping of sections, got {type(loaded).__name__}"
+            )
         tree = loaded or {}
         tree.setdefault("recipe_dir", str(path.resolve().parent))
         tree.setdefault("name", path.stem)

@@ -17,7 +17,9 @@ from tunewright.scaling import run_scaling
 from tunewright.train.loop import TrainResult, train
 
 
-def load_or_prepare(cfg: RunConfig, *, strict: bool = False, console: Console | None = None) -> PreparedDataset:
+def load_or_prepare(
+    cfg: RunConfig, *, strict: bool = False, console: Console | None = None
+) -> PreparedDataset:
     """The run's prepared data, preparing it first if needed.
 
     Under `accelerate launch`/`torchrun` the main process prepares while the others wait, then
@@ -51,12 +53,16 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
     console.rule("prepare")
     dataset = prepare(cfg, strict=strict, console=console)
     s = dataset.summary["splits"]
-    console.print(f"train {s['train']}, validation {s['val']}, test {s['test']} examples "
-                  f"({dataset.summary['quarantined']} quarantined)")
+    console.print(
+        f"train {s['train']}, validation {s['val']}, test {s['test']} examples "
+        f"({dataset.summary['quarantined']} quarantined)"
+    )
     console.rule("train")
     trained = train(cfg, dataset, console=console)
-    console.print(f"trained {trained.steps} steps in {trained.seconds:.0f} s, "
-                  f"{trained.tokens_per_second:.0f} tokens/s; val loss {trained.val_loss}")
+    console.print(
+        f"trained {trained.steps} steps in {trained.seconds:.0f} s, "
+        f"{trained.tokens_per_second:.0f} tokens/s; val loss {trained.val_loss}"
+    )
     console.rule("evaluate")
     result = evaluate(cfg, dataset, trained.output_dir, console=console)
     training = {

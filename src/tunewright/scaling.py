@@ -89,7 +89,11 @@ def fraction_config(cfg: RunConfig, fraction: float) -> RunConfig:
 
 
 def run_scaling(
-    cfg: RunConfig, dataset: PreparedDataset, *, full: EvalResult | None = None, console: Console | None = None
+    cfg: RunConfig,
+    dataset: PreparedDataset,
+    *,
+    full: EvalResult | None = None,
+    console: Console | None = None,
 ) -> Path:
     """Train and score one model per `cfg.train.scaling_fractions`; returns the scaling.json path.
 
@@ -111,18 +115,33 @@ def run_scaling(
             result = evaluate(sub_cfg, subset, trained.output_dir, console=console)
         metric = result.headline
         cell = result.models["tuned"].metrics[metric]
-        points.append({"fraction": float(fraction), "examples": examples, "value": cell["value"],
-                       "low": cell["low"], "high": cell["high"]})
-        console.print(f"{fraction:g} ({examples} examples): {metric} {cell['value']:.3f} "
-                      f"[{cell['low']:.3f}, {cell['high']:.3f}]")
+        points.append(
+            {
+                "fraction": float(fraction),
+                "examples": examples,
+                "value": cell["value"],
+                "low": cell["low"],
+                "high": cell["high"],
+            }
+        )
+        console.print(
+            f"{fraction:g} ({examples} examples): {metric} {cell['value']:.3f} "
+            f"[{cell['low']:.3f}, {cell['high']:.3f}]"
+        )
     folder = cfg.run_dir / "scaling"
     folder.mkdir(parents=True, exist_ok=True)
     scaling = {"metric": metric, "points": points}
     path = folder / "scaling.json"
     _atomic_write(path, json.dumps(scaling, indent=2).encode())
-    baselines = {} if full is None else {
-        name: scores.metrics[metric]["value"] for name, scores in full.models.items() if name.startswith("base")
-    }
+    baselines = (
+        {}
+        if full is None
+        else {
+            name: scores.metrics[metric]["value"]
+            for name, scores in full.models.items()
+            if name.startswith("base")
+        }
+    )
     _atomic_write(folder / "scaling.png", plot(scaling, baselines, title=cfg.name))
     return path
 
@@ -137,7 +156,10 @@ def plot(scaling: dict, baselines: dict[str, float], *, title: str) -> bytes:
     points = scaling["points"]
     x = [p["examples"] for p in points]
     y = [p["value"] for p in points]
-    err = [[max(v - p["low"], 0) for v, p in zip(y, points)], [max(p["high"] - v, 0) for v, p in zip(y, points)]]
+    err = [
+        [max(v - p["low"], 0) for v, p in zip(y, points)],
+        [max(p["high"] - v, 0) for v, p in zip(y, points)],
+    ]
     fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label="tuned")

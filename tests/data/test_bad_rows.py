@@ -18,48 +18,174 @@ def chat(*turns: str) -> bytes:
 
 # (file name, bad line(s), line of the bad row, reason, problem class, data config)
 CASES = [
-    ("utf8.jsonl", b'{"messages": "caf\xe9"}\n', 2, "invalid UTF-8 at byte 17 of the line", "invalid UTF-8", {}),
-    ("broken.jsonl", b'{"messages": [}\n', 2, "broken JSON: Expecting value at column 15", "broken JSON", {}),
+    (
+        "utf8.jsonl",
+        b'{"messages": "caf\xe9"}\n',
+        2,
+        "invalid UTF-8 at byte 17 of the line",
+        "invalid UTF-8",
+        {},
+    ),
+    (
+        "broken.jsonl",
+        b'{"messages": [}\n',
+        2,
+        "broken JSON: Expecting value at column 15",
+        "broken JSON",
+        {},
+    ),
     ("array.jsonl", b"[1, 2]\n", 2, "expected a JSON object, got an array", "not an object", {}),
-    ("type.jsonl", b'{"messages": [{"role": "user", "content": 5}]}\n', 2,
-     "field 'messages[0].content': expected text, got int", "wrong type", {}),
-    ("notlist.jsonl", b'{"messages": "hello"}\n', 2, "field 'messages': expected a list, got str", "wrong type", {}),
-    ("weight.jsonl", b'{"messages": [{"role": "user", "content": "a", "weight": -1}]}\n', 2,
-     "field 'messages[0].weight': expected a number >= 0, got -1", "wrong type", {}),
-    ("empty.jsonl", b'{"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "x"}]}\n', 2,
-     "field 'messages[0].content': empty", "empty content", {}),
-    ("role.jsonl", chat("user", "robot"), 2,
-     "field 'messages[1].role': unknown role 'robot' (expected one of system, user, assistant)", "unknown role", {}),
-    ("order.jsonl", chat("user", "user", "assistant"), 2,
-     "field 'messages': two 'user' turns in a row (roles must alternate)", "roles out of order", {}),
-    ("first.jsonl", chat("assistant", "user", "assistant"), 2,
-     "field 'messages': the first non-system turn must be 'user', got 'assistant'", "roles out of order", {}),
-    ("system.jsonl", chat("user", "system", "assistant"), 2,
-     "field 'messages[1].role': 'system' is only allowed first", "roles out of order", {}),
-    ("noanswer.jsonl", chat("system", "user"), 2, "field 'messages': no assistant turn to learn from",
-     "no assistant turn", {}),
-    ("missing.jsonl", b'{"question": "hi"}\n', 1,
-     "field 'completion': missing (data.columns maps it to your column 'answer')", "missing field",
-     {"format": "prompt_completion", "columns": {"prompt": "question", "completion": "answer"}}),
-    ("group.jsonl", GOOD, 1, "field 'doc' (data.group_by): missing", "missing field",
-     {"split": "group", "group_by": "doc"}),
-    ("cleaned.jsonl", b'{"messages": [{"role": "user", "content": "\\u0007"}, {"role": "assistant", "content": "x"}]}\n',
-     2, "field 'messages[0].content': empty after cleaning", "empty content", {}),
-    ("fields.csv", b"prompt,completion\nhi,hello\na,b,c\n", 3, "3 fields, the header has 2", "broken CSV", {}),
-    ("utf8.csv", b"prompt,completion\nhi,hello\ncaf\xe9,b\n", 3, "invalid UTF-8 in this row", "invalid UTF-8", {}),
-    ("items.json", b'[{"prompt": "a", "completion": "b"},\n 7]\n', 2, "expected a JSON object, got a number",
-     "not an object", {}),
-    ("cut.json", b'[{"prompt": "a", "completion": "b"},\n {"prompt": "c", \n', 2,
-     "broken JSON: Expecting property name enclosed in double quotes; the rest of the file was not read",
-     "broken JSON", {}),
-    ("utf8.txt", b"fine line\nbad \xff line\n", 2, "invalid UTF-8 at byte 4 of the line", "invalid UTF-8", {}),
+    (
+        "type.jsonl",
+        b'{"messages": [{"role": "user", "content": 5}]}\n',
+        2,
+        "field 'messages[0].content': expected text, got int",
+        "wrong type",
+        {},
+    ),
+    (
+        "notlist.jsonl",
+        b'{"messages": "hello"}\n',
+        2,
+        "field 'messages': expected a list, got str",
+        "wrong type",
+        {},
+    ),
+    (
+        "weight.jsonl",
+        b'{"messages": [{"role": "user", "content": "a", "weight": -1}]}\n',
+        2,
+        "field 'messages[0].weight': expected a number >= 0, got -1",
+        "wrong type",
+        {},
+    ),
+    (
+        "empty.jsonl",
+        b'{"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "x"}]}\n',
+        2,
+        "field 'messages[0].content': empty",
+        "empty content",
+        {},
+    ),
+    (
+        "role.jsonl",
+        chat("user", "robot"),
+        2,
+        "field 'messages[1].role': unknown role 'robot' (expected one of system, user, assistant)",
+        "unknown role",
+        {},
+    ),
+    (
+        "order.jsonl",
+        chat("user", "user", "assistant"),
+        2,
+        "field 'messages': two 'user' turns in a row (roles must alternate)",
+        "roles out of order",
+        {},
+    ),
+    (
+        "first.jsonl",
+        chat("assistant", "user", "assistant"),
+        2,
+        "field 'messages': the first non-system turn must be 'user', got 'assistant'",
+        "roles out of order",
+        {},
+    ),
+    (
+        "system.jsonl",
+        chat("user", "system", "assistant"),
+        2,
+        "field 'messages[1].role': 'system' is only allowed first",
+        "roles out of order",
+        {},
+    ),
+    (
+        "noanswer.jsonl",
+        chat("system", "user"),
+        2,
+        "field 'messages': no assistant turn to learn from",
+        "no assistant turn",
+        {},
+    ),
+    (
+        "missing.jsonl",
+        b'{"question": "hi"}\n',
+        1,
+        "field 'completion': missing (data.columns maps it to your column 'answer')",
+        "missing field",
+        {"format": "prompt_completion", "columns": {"prompt": "question", "completion": "answer"}},
+    ),
+    (
+        "group.jsonl",
+        GOOD,
+        1,
+        "field 'doc' (data.group_by): missing",
+        "missing field",
+        {"split": "group", "group_by": "doc"},
+    ),
+    (
+        "cleaned.jsonl",
+        b'{"messages": [{"role": "user", "content": "\\u0007"}, {"role": "assistant", "content": "x"}]}\n',
+        2,
+        "field 'messages[0].content': empty after cleaning",
+        "empty content",
+        {},
+    ),
+    (
+        "fields.csv",
+        b"prompt,completion\nhi,hello\na,b,c\n",
+        3,
+        "3 fields, the header has 2",
+        "broken CSV",
+        {},
+    ),
+    (
+        "utf8.csv",
+        b"prompt,completion\nhi,hello\ncaf\xe9,b\n",
+        3,
+        "invalid UTF-8 in this row",
+        "invalid UTF-8",
+        {},
+    ),
+    (
+        "items.json",
+        b'[{"prompt": "a", "completion": "b"},\n 7]\n',
+        2,
+        "expected a JSON object, got a number",
+        "not an object",
+        {},
+    ),
+    (
+        "cut.json",
+        b'[{"prompt": "a", "completion": "b"},\n {"prompt": "c", \n',
+        2,
+        "broken JSON: Expecting property name enclosed in double quotes; the rest of the file was not read",
+        "broken JSON",
+        {},
+    ),
+    (
+        "utf8.txt",
+        b"fine line\nbad \xff line\n",
+        2,
+        "invalid UTF-8 at byte 4 of the line",
+        "invalid UTF-8",
+        {},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "bad", "line", "reason", "problem", "data"), CASES, ids=[c[0] for c in CASES])
-def test_bad_row_is_quarantined_with_location_and_reason(tmp_path, name, bad, line, reason, problem, data):
+@pytest.mark.parametrize(
+    ("name", "bad", "line", "reason", "problem", "data"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_row_is_quarantined_with_location_and_reason(
+    tmp_path, name, bad, line, reason, problem, data
+):
     path = tmp_path / name
-    good = b"" if name.endswith((".csv", ".json", ".txt")) or name in ("group.jsonl", "missing.jsonl") else GOOD
+    good = (
+        b""
+        if name.endswith((".csv", ".json", ".txt")) or name in ("group.jsonl", "missing.jsonl")
+        else GOOD
+    )
     path.write_bytes(good + bad)
     collected = Collector(DataConfig(**data), strict=False).collect([path])
     assert len(collected.quarantine) == 1, collected.quarantine
@@ -74,7 +200,9 @@ def test_bad_row_is_quarantined_with_location_and_reason(tmp_path, name, bad, li
 def test_strict_mode_stops_at_the_first_bad_row(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(GOOD + chat("user", "robot") + GOOD)
-    with pytest.raises(DataError, match=rf"{path}:2: field 'messages\[1\].role': unknown role .*strict mode"):
+    with pytest.raises(
+        DataError, match=rf"{path}:2: field 'messages\[1\].role': unknown role .*strict mode"
+    ):
         Collector(DataConfig(), strict=True).collect([path])
 
 

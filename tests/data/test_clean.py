@@ -14,7 +14,10 @@ DEFAULT = Cleaner(["unicode", "control", "whitespace"])
         ("plain ascii text", "plain ascii text"),
         ("  padded \n", "padded"),
         ("cafe\u0301", "caf\u00e9"),  # NFC composes the accent
-        ("x\u00b2 and \ufb01le", "x\u00b2 and \ufb01le"),  # NFC, not NFKC: superscripts and ligatures stay
+        (
+            "x\u00b2 and \ufb01le",
+            "x\u00b2 and \ufb01le",
+        ),  # NFC, not NFKC: superscripts and ligatures stay
         ("zero\u200bwidth\ufeff", "zerowidth"),
         ("bell\x07 and\x00 nul", "bell and nul"),
         ("windows\r\nlines\rold mac", "windows\nlines\nold mac"),
@@ -29,7 +32,10 @@ def test_default_steps(text, cleaned):
 
 def test_html_remnants():
     cleaner = Cleaner(["html", "whitespace"])
-    assert cleaner.clean("Hello<br>world &amp; <b>friends</b><!-- note -->&#33;") == "Hello\nworld & friends!"
+    assert (
+        cleaner.clean("Hello<br>world &amp; <b>friends</b><!-- note -->&#33;")
+        == "Hello\nworld & friends!"
+    )
     assert cleaner.clean("if a < b then") == "if a < b then"  # not a tag
 
 
@@ -37,9 +43,14 @@ def test_html_remnants():
     ("text", "cleaned"),
     [
         ("$ALLY - Ally pulls outlook https://t.co/G9Zdi1boy5", "$ALLY - Ally pulls outlook [URL]"),
-        ("see www.example.com/a?b=1. Then (http://x.org/p) and HTTPS://A.B/c, done",
-         "see [URL]. Then ([URL]) and [URL], done"),  # closing punctuation and brackets stay
-        ("an https:// with nothing after, ftp://host", "an https:// with nothing after, ftp://host"),
+        (
+            "see www.example.com/a?b=1. Then (http://x.org/p) and HTTPS://A.B/c, done",
+            "see [URL]. Then ([URL]) and [URL], done",
+        ),  # closing punctuation and brackets stay
+        (
+            "an https:// with nothing after, ftp://host",
+            "an https:// with nothing after, ftp://host",
+        ),
         ("no link in www or http", "no link in www or http"),
     ],
 )

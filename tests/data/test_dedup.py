@@ -17,7 +17,54 @@ from tunewright.data.dedup import (
     token_hashes,
 )
 
-WORDS = ["account", "balance", "transfer", "card", "payment", "refund", "pending", "declined", "limit", "fee", "exchange", "rate", "branch", "mobile", "app", "password", "verify", "identity", "statement", "deposit", "withdraw", "cash", "machine", "abroad", "currency", "salary", "loan", "interest", "mortgage", "savings", "charge", "dispute", "merchant", "receipt", "online", "contactless", "travel", "notify", "fraud", "freeze", "unlock", "replace", "delivery", "address", "phone", "email"]
+WORDS = [
+    "account",
+    "balance",
+    "transfer",
+    "card",
+    "payment",
+    "refund",
+    "pending",
+    "declined",
+    "limit",
+    "fee",
+    "exchange",
+    "rate",
+    "branch",
+    "mobile",
+    "app",
+    "password",
+    "verify",
+    "identity",
+    "statement",
+    "deposit",
+    "withdraw",
+    "cash",
+    "machine",
+    "abroad",
+    "currency",
+    "salary",
+    "loan",
+    "interest",
+    "mortgage",
+    "savings",
+    "charge",
+    "dispute",
+    "merchant",
+    "receipt",
+    "online",
+    "contactless",
+    "travel",
+    "notify",
+    "fraud",
+    "freeze",
+    "unlock",
+    "replace",
+    "delivery",
+    "address",
+    "phone",
+    "email",
+]
 
 
 def sentence(rng: random.Random, n_words: int = 20) -> str:
@@ -207,5 +254,10 @@ def test_digests_that_share_their_first_half_stay_distinct() -> None:
     assert [x.kind for x in first] == ["keep", "keep", "exact", "keep", "exact"]
     assert (first[2].duplicate_of, first[4].duplicate_of) == (0, 1)
     again = dedup_.add_sketched([5, 6, 7, 8], sketches(c, b, a, c))
-    assert [(x.kind, x.duplicate_of) for x in again] == [("keep", None), ("exact", 1), ("exact", 0), ("exact", 5)]
+    assert [(x.kind, x.duplicate_of) for x in again] == [
+        ("keep", None),
+        ("exact", 1),
+        ("exact", 0),
+        ("exact", 5),
+    ]
     assert dedup_.add_sketched([9], sketches(d))[0].keep

@@ -33,7 +33,11 @@ def write_parquet(folder: Path) -> Path:
     import pyarrow.parquet as pq
 
     path = folder / "alpaca.parquet"
-    rows = {"instruction": [q for q, _ in PAIRS], "input": [""] * 3, "output": [a for _, a in PAIRS]}
+    rows = {
+        "instruction": [q for q, _ in PAIRS],
+        "input": [""] * 3,
+        "output": [a for _, a in PAIRS],
+    }
     pq.write_table(pa.table(rows), path)
     return path
 
@@ -41,7 +45,9 @@ def write_parquet(folder: Path) -> Path:
 def write_saved_dataset(folder: Path) -> Path:
     from datasets import Dataset, DatasetDict
 
-    messages = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in PAIRS]
+    messages = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in PAIRS
+    ]
     splits = DatasetDict({"train": Dataset.from_dict({"messages": messages[:2]}),
                           "test": Dataset.from_dict({"messages": messages[2:]})})  # fmt: skip
     splits.save_to_disk(str(folder / "saved"))
@@ -102,12 +108,20 @@ def test_text_and_label_with_mapped_columns(tmp_path):
     path.write_text("text,category\nWhere is my card?,card_arrival\n")
     (example,) = collect(path, columns={"label": "category"})
     assert example.label == "card_arrival"
-    assert example.messages == (Message("user", "Where is my card?"), Message("assistant", "card_arrival"))
+    assert example.messages == (
+        Message("user", "Where is my card?"),
+        Message("assistant", "card_arrival"),
+    )
 
 
 def test_per_message_weight_is_kept(tmp_path):
     path = tmp_path / "weighted.jsonl"
-    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "weight": 0}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello", "weight": 0},
+        ]
+    }
     path.write_text(json.dumps(row) + "\n")
     (example,) = collect(path)
     assert example.messages[1].weight == 0.0

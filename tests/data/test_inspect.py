@@ -25,7 +25,10 @@ def chat(tiny_model_dir):
 
 def example(weight: float | None = None) -> Example:
     return Example(
-        messages=(Message("user", "I lost my card."), Message("assistant", "lost_or_stolen_card", weight)),
+        messages=(
+            Message("user", "I lost my card."),
+            Message("assistant", "lost_or_stolen_card", weight),
+        ),
         source="f.jsonl:1",
     )
 

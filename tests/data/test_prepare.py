@@ -27,7 +27,9 @@ def config(tmp_path: Path, model: Path, name: str = "run", **data) -> RunConfig:
         "max_seq_len": 64,
         **data,
     }
-    return RunConfig.model_validate({"name": name, "output_dir": str(tmp_path), "model": {"name": str(model)}, "data": data})
+    return RunConfig.model_validate(
+        {"name": name, "output_dir": str(tmp_path), "model": {"name": str(model)}, "data": data}
+    )
 
 
 def balance(summary: dict) -> None:
@@ -47,7 +49,12 @@ def test_dataset_folder_is_complete_accounted_and_reproducible(tmp_path, tiny_mo
     summary = first.summary
     balance(summary)
     assert summary["splits"] == {"train": 40, "val": 4, "test": 16}
-    assert summary["labels"] == ["card_arrival", "exchange_rate", "lost_or_stolen_card", "top_up_failed"]
+    assert summary["labels"] == [
+        "card_arrival",
+        "exchange_rate",
+        "lost_or_stolen_card",
+        "top_up_failed",
+    ]
     tokens = summary["tokens"]["splits"]["train"]
     assert tokens["examples"] == 40 and 0 < tokens["trained_tokens"] < tokens["tokens"]
     assert "Where every row went" in (first.folder / "card.md").read_text()
@@ -60,7 +67,12 @@ def test_dataset_folder_is_complete_accounted_and_reproducible(tmp_path, tiny_mo
     assert changed.summary["manifest_hash"] != manifest_a["hash"]
 
     loaded = load_prepared(first.folder)
-    assert (loaded.train, loaded.val, loaded.test, loaded.labels) == (first.train, first.val, first.test, first.labels)
+    assert (loaded.train, loaded.val, loaded.test, loaded.labels) == (
+        first.train,
+        first.val,
+        first.test,
+        first.labels,
+    )
 
 
 def test_pii_is_redacted_and_counted(tmp_path, tiny_model_dir):
@@ -87,7 +99,9 @@ def test_near_duplicates_are_removed_and_clustered(tmp_path, tiny_model_dir):
     assert summary["duplicates_removed"] > 0
     assert summary["duplicates_removed"] == sum(summary["duplicates"]["found"].values())
     assert summary["leakage"]["val"] == summary["leakage"]["test"] == 0
-    clusters = [json.loads(line) for line in (dataset.folder / "duplicates.jsonl").read_text().splitlines()]
+    clusters = [
+        json.loads(line) for line in (dataset.folder / "duplicates.jsonl").read_text().splitlines()
+    ]
     assert sum(len(c["duplicates"]) for c in clusters) == summary["duplicates_removed"]
     # held-out test rows are read first: a training row that repeats one is what goes
     assert all(not c["kept"].startswith(str(FIXTURES / "intents_train.csv")) or
@@ -104,15 +118,24 @@ def test_report_mode_keeps_duplicates_and_reports_leakage(tmp_path, tiny_model_d
 
 def test_over_length_rows_are_quarantined_and_replaced(tmp_path, tiny_model_dir):
     data = tmp_path / "chat.jsonl"
-    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    long = {"messages": [{"role": "user", "content": "card " * 200}, {"role": "assistant", "content": "x"}]}
+    short = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    }
+    long = {
+        "messages": [
+            {"role": "user", "content": "card " * 200},
+            {"role": "assistant", "content": "x"},
+        ]
+    }
     data.write_text("".join(json.dumps(r) + "\n" for r in [long, short, short, long, short]))
     cfg = config(tmp_path, tiny_model_dir, train_files=[str(data)], test_files=[], columns={}, dedup="off",
                  test_fraction=0.2, val_fraction=0.0)  # fmt: skip
     dataset = prepare(cfg, console=QUIET)
     balance(dataset.summary)
     assert dataset.summary["quarantined_by_reason"] == {"over the token limit": 2}
-    quarantine = [json.loads(x) for x in (dataset.folder / "quarantine.jsonl").read_text().splitlines()]
+    quarantine = [
+        json.loads(x) for x in (dataset.folder / "quarantine.jsonl").read_text().splitlines()
+    ]
     assert {q["location"] for q in quarantine} == {f"{data}:1", f"{data}:4"}
     assert all("over data.max_seq_len=64" in q["reason"] for q in quarantine)
     with pytest.raises(DataError, match="over data.max_seq_len=64 .*strict mode"):
@@ -121,7 +144,9 @@ def test_over_length_rows_are_quarantined_and_replaced(tmp_path, tiny_model_dir)
 
 def test_long_documents_are_cut_into_pieces_not_truncated(tmp_path, tiny_model_dir):
     doc = tmp_path / "handbook.txt"
-    sentences = [f"My card number {i} has not arrived yet, and the exchange rate is fair." for i in range(30)]
+    sentences = [
+        f"My card number {i} has not arrived yet, and the exchange rate is fair." for i in range(30)
+    ]
     doc.write_text(" ".join(sentences) + "\n")
     cfg = config(tmp_path, tiny_model_dir, train_files=[str(doc)], test_files=[], columns={},
                  test_fraction=0.1, val_fraction=0.0)  # fmt: skip
@@ -137,17 +162,23 @@ def test_no_usable_rows_names_the_first_problem(tmp_path, tiny_model_dir):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"messages": "nope"}\n')
     cfg = config(tmp_path, tiny_model_dir, train_files=[str(data)], test_files=[], columns={})
-    with pytest.raises(DataError, match=r"no usable training rows: first problem: .*bad.jsonl:1: field 'messages'"):
+    with pytest.raises(
+        DataError, match=r"no usable training rows: first problem: .*bad.jsonl:1: field 'messages'"
+    ):
         prepare(cfg, console=QUIET)
 
 
-def test_worker_processes_give_the_same_dataset_as_one_process(tmp_path, tiny_model_dir, monkeypatch):
+def test_worker_processes_give_the_same_dataset_as_one_process(
+    tmp_path, tiny_model_dir, monkeypatch
+):
     from tunewright.data import batches
 
     data = tmp_path / "chat.jsonl"
     lines = []
     for i in range(400):
-        question = f"question {i % 150} about card {'fees' if i % 7 else 'limits'} mail{i}@example.com"
+        question = (
+            f"question {i % 150} about card {'fees' if i % 7 else 'limits'} mail{i}@example.com"
+        )
         lines.append(json.dumps({"messages": [{"role": "user", "content": question},
                                               {"role": "assistant", "content": f"answer {i % 150}"}]}))  # fmt: skip
         if i % 50 == 7:
@@ -170,9 +201,18 @@ def test_worker_processes_give_the_same_dataset_as_one_process(tmp_path, tiny_mo
     manifests = [json.loads((d.folder / "manifest.json").read_text()) for d in (one, two)]
     assert manifests[0]["outputs"] == manifests[1]["outputs"]
     # strict mode: the first bad row stops the run, also when a worker process finds it
-    good = {"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]}
-    data.write_text("".join(json.dumps(good | {"n": i}) + "\n" for i in range(100)) + '{"messages": 1}\n')
-    with pytest.raises(DataError, match=r"chat.jsonl:101: field 'messages': expected a list.*strict mode"):
+    good = {
+        "messages": [
+            {"role": "user", "content": "hi there"},
+            {"role": "assistant", "content": "hello"},
+        ]
+    }
+    data.write_text(
+        "".join(json.dumps(good | {"n": i}) + "\n" for i in range(100)) + '{"messages": 1}\n'
+    )
+    with pytest.raises(
+        DataError, match=r"chat.jsonl:101: field 'messages': expected a list.*strict mode"
+    ):
         prepare(config(tmp_path, tiny_model_dir, "strict", train_files=[str(data)], test_files=[], columns={}),
                 console=QUIET, strict=True)  # fmt: skip
 
@@ -185,7 +225,14 @@ def test_token_check_reads_back_only_what_the_quotas_reach(tmp_path, tiny_model_
     rows = []
     for i in range(300):
         question = f"question {i} " + ("card " * 200 if i % 5 else "")
-        rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "ok"}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": "ok"},
+                ]
+            }
+        )
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = config(tmp_path, tiny_model_dir, train_files=[str(data)], test_files=[], columns={}, dedup="off",
                  test_fraction=0.05, val_fraction=0.0, max_train_examples=10)  # fmt: skip

@@ -23,7 +23,9 @@ FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthChe
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 chat_like = st.fixed_dictionaries(
@@ -65,7 +67,11 @@ def test_random_bytes_never_crash_a_reader(data, suffix):
 
 
 @FUZZ
-@given(values=st.lists(rows | json_values, max_size=5), fmt=st.sampled_from(FORMATS), as_array=st.booleans())
+@given(
+    values=st.lists(rows | json_values, max_size=5),
+    fmt=st.sampled_from(FORMATS),
+    as_array=st.booleans(),
+)
 def test_random_json_rows_are_examples_or_quarantined(values, fmt, as_array):
     with tempfile.TemporaryDirectory() as tmp:
         if as_array:

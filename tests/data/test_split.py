@@ -28,8 +28,12 @@ def test_random_split_sizes_follow_the_fractions_and_caps():
     split = split_ids(ids(1000), ids(0), dc, always)
     assert (len(split.test), len(split.val), len(split.train)) == (200, 80, 720)
     assert split == split_ids(ids(1000), ids(0), dc)  # accept=None takes the same ids at once
-    capped = split_ids(ids(800), ids(800, 1000), DataConfig(
-        max_train_examples=300, val_fraction=0.03, max_test_examples=50), always)
+    capped = split_ids(
+        ids(800),
+        ids(800, 1000),
+        DataConfig(max_train_examples=300, val_fraction=0.03, max_test_examples=50),
+        always,
+    )
     assert (len(capped.train), len(capped.val), len(capped.test)) == (300, 9, 50)
     assert set(capped.test) <= set(range(800, 1000))
     assert not set(capped.train) & set(capped.val)
@@ -44,7 +48,9 @@ def test_split_is_deterministic_by_seed():
 
 def test_stratified_split_keeps_each_labels_share():
     labels = labels_of(400)
-    split = split_ids(ids(400), ids(0), DataConfig(split="stratified", test_fraction=0.2), always, labels=labels)
+    split = split_ids(
+        ids(400), ids(0), DataConfig(split="stratified", test_fraction=0.2), always, labels=labels
+    )
     assert Counter(labels[split.test].tolist()) == {k: 20 for k in range(4)}
 
 

@@ -25,7 +25,9 @@ def test_outcomes_cover_all_four_cases():
 def test_classification_comparison_quotes_mcnemar():
     base = [1.0] * 10 + [0.0] * 30
     tuned = [1.0] * 40
-    c = paired_comparison("classification", "accuracy", base, tuned, [b == 1 for b in base], [True] * 40)
+    c = paired_comparison(
+        "classification", "accuracy", base, tuned, [b == 1 for b in base], [True] * 40
+    )
     assert c["delta"] == pytest.approx(0.75) and c["low"] <= c["delta"] <= c["high"]
     assert c["p_value"] == c["mcnemar_p_value"] < 0.001
     assert c["candidate_right_baseline_wrong"] == 30 and c["baseline_right_candidate_wrong"] == 0
@@ -33,9 +35,19 @@ def test_classification_comparison_quotes_mcnemar():
 
 def test_generation_comparison_quotes_the_bootstrap():
     base, tuned = [0.2, 0.4, 0.6, 0.1], [0.2, 0.4, 0.6, 0.1]
-    c = paired_comparison("generation", "rouge_l", base, tuned, right_flags("generation", base),
-                          right_flags("generation", tuned))
-    assert c["delta"] == 0 and c["p_value"] == c["p_value_bootstrap"] == 1.0 and "mcnemar_p_value" not in c
+    c = paired_comparison(
+        "generation",
+        "rouge_l",
+        base,
+        tuned,
+        right_flags("generation", base),
+        right_flags("generation", tuned),
+    )
+    assert (
+        c["delta"] == 0
+        and c["p_value"] == c["p_value_bootstrap"] == 1.0
+        and "mcnemar_p_value" not in c
+    )
 
 
 def test_macro_f1_comparison_against_hand_computed_values():

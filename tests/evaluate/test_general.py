@@ -10,9 +10,15 @@ def test_general_set_is_well_formed_and_shipped():
     items = general_set()
     assert 40 <= len(items) <= 60
     assert len({i.id for i in items}) == len(items) and len({i.prompt for i in items}) == len(items)
-    assert all(item.prompt.strip() and item.answers and all(a.strip() for a in item.answers) for item in items)
+    assert all(
+        item.prompt.strip() and item.answers and all(a.strip() for a in item.answers)
+        for item in items
+    )
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    assert "evaluate/general_set.jsonl" in pyproject["tool"]["setuptools"]["package-data"]["tunewright"]
+    assert (
+        "evaluate/general_set.jsonl"
+        in pyproject["tool"]["setuptools"]["package-data"]["tunewright"]
+    )
 
 
 def test_reference_is_found_leniently_but_as_whole_words():
@@ -33,7 +39,9 @@ def _answers(right: int) -> list[str]:
 def test_a_large_loss_is_reported_with_its_size_and_p_value():
     n = len(general_set())
     summary = forgetting_summary(_answers(n), _answers(n - 30))
-    assert summary["sentence"].startswith(f"General answers got worse by {30 / n * 100:.1f} pts (p = ")
+    assert summary["sentence"].startswith(
+        f"General answers got worse by {30 / n * 100:.1f} pts (p = "
+    )
     assert summary["test"]["p_value"] < 0.05
     assert summary["base_accuracy"] == 1.0 and len(summary["rows"]) == n
     assert summary["rows"][-1]["tuned"] == {"answer": "zzz", "right": False}

@@ -74,8 +74,11 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    cfg = RunConfig(name="tuned", output_dir=str(tmp_path_factory.mktemp("harness-runs")),
-                    model={"name": str(tiny_model_dir)})
+    cfg = RunConfig(
+        name="tuned",
+        output_dir=str(tmp_path_factory.mktemp("harness-runs")),
+        model={"name": str(tiny_model_dir)},
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     adapter = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
@@ -90,7 +93,9 @@ def task_folder(tmp_path):
     folder = tmp_path / "my-tasks"
     (folder / "data").mkdir(parents=True)
     (folder / "five.yaml").write_text(TASK_YAML)
-    (folder / "data" / "five.jsonl").write_text("".join(json.dumps(q) + "\n" for q in FIVE_QUESTIONS))
+    (folder / "data" / "five.jsonl").write_text(
+        "".join(json.dumps(q) + "\n" for q in FIVE_QUESTIONS)
+    )
     return folder
 
 
@@ -109,8 +114,10 @@ def test_the_shipped_task_on_base_and_tuned(tiny_run):
             assert cell["value"] * n_questions == pytest.approx(round(cell["value"] * n_questions))
     comparison = result.comparisons["tunewright_general_mc"]
     assert comparison["metric"] == "acc"
-    delta = result.models["tuned"]["tunewright_general_mc"]["metrics"]["acc"]["value"] - \
-        result.models["base"]["tunewright_general_mc"]["metrics"]["acc"]["value"]
+    delta = (
+        result.models["tuned"]["tunewright_general_mc"]["metrics"]["acc"]["value"]
+        - result.models["base"]["tunewright_general_mc"]["metrics"]["acc"]["value"]
+    )
     assert comparison["delta"] == pytest.approx(delta)
     assert comparison["low"] <= comparison["delta"] <= comparison["high"]
     assert result.path == tiny_run / "eval" / "harness.json"
@@ -119,7 +126,9 @@ def test_the_shipped_task_on_base_and_tuned(tiny_run):
     assert harness_table(result).row_count == 2
 
 
-def test_an_included_folder_with_relative_data_and_a_plain_model(tiny_model_dir, task_folder, tmp_path):
+def test_an_included_folder_with_relative_data_and_a_plain_model(
+    tiny_model_dir, task_folder, tmp_path
+):
     out = tmp_path / "out" / "harness.json"
     result = harness(tiny_model_dir, ["five_questions"], include=[task_folder], output=out)
     assert list(result.models) == ["base"] and result.comparisons == {}
@@ -127,24 +136,49 @@ def test_an_included_folder_with_relative_data_and_a_plain_model(tiny_model_dir,
     assert row["n_samples"] == 5
     assert 0.0 <= row["metrics"]["acc"]["value"] <= 1.0
     assert json.loads(out.read_text())["models"]["base"]["five_questions"]["n_samples"] == 5
-    assert harness(tiny_model_dir, ["five_questions"], include=[task_folder], limit=2,
-                   output=out).models["base"]["five_questions"]["n_samples"] == 2
+    assert (
+        harness(
+            tiny_model_dir, ["five_questions"], include=[task_folder], limit=2, output=out
+        ).models["base"]["five_questions"]["n_samples"]
+        == 2
+    )
 
 
 def test_unknown_task_and_missing_folder_are_clear_errors(tiny_model_dir, tmp_path):
-    with pytest.raises(TunewrightError, match="unknown harness task 'hellaswag'; local tasks: tunewright_general_mc"):
+    with pytest.raises(
+        TunewrightError,
+        match="unknown harness task 'hellaswag'; local tasks: tunewright_general_mc",
+    ):
         harness(tiny_model_dir, ["hellaswag"], output=tmp_path / "h.json")
     with pytest.raises(TunewrightError, match="task folder not found"):
-        harness(tiny_model_dir, ["tunewright_general_mc"], include=[tmp_path / "nope"], output=tmp_path / "h.json")
+        harness(
+            tiny_model_dir,
+            ["tunewright_general_mc"],
+            include=[tmp_path / "nope"],
+            output=tmp_path / "h.json",
+        )
 
 
 def test_cli(tiny_run, task_folder):
-    result = CliRunner().invoke(app, ["harness", str(tiny_run), "--tasks", "tunewright_general_mc,five_questions",
-                                      "--include", str(task_folder), "--limit", "3"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "harness",
+            str(tiny_run),
+            "--tasks",
+            "tunewright_general_mc,five_questions",
+            "--include",
+            str(task_folder),
+            "--limit",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "five_questions" in result.output and "tunewright_general_mc" in result.output
     saved = json.loads((tiny_run / "eval" / "harness.json").read_text())
     assert {t: r["n_samples"] for t, r in saved["models"]["tuned"].items()} == {
-        "tunewright_general_mc": 3, "five_questions": 3}
+        "tunewright_general_mc": 3,
+        "five_questions": 3,
+    }
     bad = CliRunner().invoke(app, ["harness", str(tiny_run), "--tasks", "nope"])
     assert bad.exit_code == 1 and "unknown harness task 'nope'" in bad.output

@@ -42,10 +42,24 @@ class FakeJudge:
             elif "[[PASS]]" in body["messages"][0]["content"]:
                 reply = "Matches. [[PASS]]" if answer == reference else "Verdict: FAIL"
             else:
-                reply = "On a scale of 1 to 5: same answer. [[5]]" if answer == reference else "Different. Rating: 2"
-            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply}}]}
+                reply = (
+                    "On a scale of 1 to 5: same answer. [[5]]"
+                    if answer == reference
+                    else "Different. Rating: 2"
+                )
+            return {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": reply},
+                    }
+                ],
+            }
 
         self.app = app
 
@@ -109,7 +123,9 @@ def test_changing_the_rubric_or_the_answer_asks_again(judge, tmp_path):
     judge_answers(config(judge), PROMPTS, REFS, REFS, cache)
     judge_answers(config(judge), PROMPTS, ["Paris", "4", "green"], REFS, cache)
     assert len(judge.calls) == 4  # only the changed answer
-    verdicts = judge_answers(config(judge, scale="pass_fail"), PROMPTS, ["Paris", "4", "green"], REFS, cache)
+    verdicts = judge_answers(
+        config(judge, scale="pass_fail"), PROMPTS, ["Paris", "4", "green"], REFS, cache
+    )
     assert len(judge.calls) == 7
     assert [v.score for v in verdicts] == [1.0, 1.0, 0.0]
     judge_answers(config(judge, rubric="Be lenient."), PROMPTS, REFS, REFS, cache)
@@ -161,7 +177,9 @@ def test_an_unreachable_judge_is_a_clear_error(tmp_path, monkeypatch):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens here now
-    cfg = JudgeConfig(enabled=True, base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV)
+    cfg = JudgeConfig(
+        enabled=True, base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV
+    )
     with pytest.raises(TunewrightError, match="cannot reach the judge"):
         judge_answers(cfg, PROMPTS, REFS, REFS, tmp_path / "c.jsonl")
 
@@ -194,7 +212,10 @@ def test_judge_config_needs_a_model_when_enabled(tmp_path):
     recipe.write_text("# r\nevaluate:\n  judge:\n    enabled: true\n")
     with pytest.raises(ConfigError, match=r"name the judge model in evaluate\.judge\.model"):
         load_config(recipe)
-    assert load_config(recipe, ["evaluate.judge.model=gpt-4o-mini"]).evaluate.judge.model == "gpt-4o-mini"
+    assert (
+        load_config(recipe, ["evaluate.judge.model=gpt-4o-mini"]).evaluate.judge.model
+        == "gpt-4o-mini"
+    )
     assert load_config(None).evaluate.judge.enabled is False
 
 
@@ -204,23 +225,45 @@ def test_evaluate_adds_judge_metrics_per_model(judge, tmp_path, tiny_model_dir):
     from tunewright.evaluate.runner import evaluate
 
     recipe = tmp_path / "judged.yaml"
-    recipe.write_text("# judged\n" + yaml.safe_dump({
-        "output_dir": str(tmp_path / "runs"),
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"train_files": [str(FIXTURES / "intents_train.csv")],
-                 "test_files": [str(FIXTURES / "intents_test.csv")],
-                 "columns": {"label": "category"}, "max_test_examples": 4, "max_seq_len": 64},
-        "evaluate": {"models": ["base_0shot"], "max_new_tokens": 4, "general_check": False,
-                     "judge": {"enabled": True, "base_url": judge.url, "model": "judge-1", "api_key_env": KEY_ENV}},
-    }))
+    recipe.write_text(
+        "# judged\n"
+        + yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "runs"),
+                "model": {"name": str(tiny_model_dir)},
+                "data": {
+                    "train_files": [str(FIXTURES / "intents_train.csv")],
+                    "test_files": [str(FIXTURES / "intents_test.csv")],
+                    "columns": {"label": "category"},
+                    "max_test_examples": 4,
+                    "max_seq_len": 64,
+                },
+                "evaluate": {
+                    "models": ["base_0shot"],
+                    "max_new_tokens": 4,
+                    "general_check": False,
+                    "judge": {
+                        "enabled": True,
+                        "base_url": judge.url,
+                        "model": "judge-1",
+                        "api_key_env": KEY_ENV,
+                    },
+                },
+            }
+        )
+    )
     cfg = load_config(recipe)
     quiet = Console(quiet=True)
     dataset = prepare(cfg, console=quiet)
     result = evaluate(cfg, dataset, None, console=quiet)
     score = result.models["base_0shot"].metrics["judge_score"]
     assert 1.0 <= score["value"] <= 5.0
-    assert len(judge.calls) == len({(e.prompt_messages[-1].content, a.text) for e, a in
-                                    zip(dataset.test, result.models["base_0shot"].answers)})
+    assert len(judge.calls) == len(
+        {
+            (e.prompt_messages[-1].content, a.text)
+            for e, a in zip(dataset.test, result.models["base_0shot"].answers)
+        }
+    )
     saved = json.loads((cfg.run_dir / "eval" / "results.json").read_text())
     assert "judge_score" in saved["models"]["base_0shot"]["metrics"]
     assert (cfg.run_dir / "eval" / "judge_cache.jsonl").is_file()

@@ -15,17 +15,24 @@ LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card"]
 
 
 def _example(text: str, label: str, i: int) -> Example:
-    return Example(messages=(Message("user", text), Message("assistant", label)), label=label, source=f"t:{i}")
+    return Example(
+        messages=(Message("user", text), Message("assistant", label)), label=label, source=f"t:{i}"
+    )
 
 
 # 10 of one label, 2 each of the others: a plain sample would mostly repeat the common label.
-TRAIN = [_example(f"question {i}", "card_arrival", i) for i in range(10)] + [
-    _example(f"rate {i}", "exchange_rate", 10 + i) for i in range(2)
-] + [_example(f"lost {i}", "lost_or_stolen_card", 12 + i) for i in range(2)]
+TRAIN = (
+    [_example(f"question {i}", "card_arrival", i) for i in range(10)]
+    + [_example(f"rate {i}", "exchange_rate", 10 + i) for i in range(2)]
+    + [_example(f"lost {i}", "lost_or_stolen_card", 12 + i) for i in range(2)]
+)
 
 
 def test_label_instruction_lists_every_label():
-    assert label_instruction(LABELS) == "Answer with exactly one of: card_arrival, exchange_rate, lost_or_stolen_card"
+    assert (
+        label_instruction(LABELS)
+        == "Answer with exactly one of: card_arrival, exchange_rate, lost_or_stolen_card"
+    )
 
 
 def test_shots_are_deterministic_by_seed_and_cover_labels():
@@ -46,7 +53,9 @@ def test_shots_never_exceed_the_pool():
 
 
 def test_kshot_chat_has_system_instruction_shots_then_question():
-    (zero, kshot) = base_variants(["base_0shot", "base_kshot"], "Name the intent.", LABELS, TRAIN, 3, 0)
+    (zero, kshot) = base_variants(
+        ["base_0shot", "base_kshot"], "Name the intent.", LABELS, TRAIN, 3, 0
+    )
     question = (Message("user", "Where is my card?"),)
     chat = variant_messages(kshot, question)
     assert chat[0] == Message("system", "Name the intent.\n\n" + label_instruction(LABELS))
@@ -60,16 +69,24 @@ def test_kshot_chat_has_system_instruction_shots_then_question():
 def test_own_system_message_wins_and_tuned_prompt_is_the_training_prompt(tiny_model_dir):
     prompt = (Message("system", "Be brief."), Message("user", "hi"))
     zero = base_variants(["base_0shot"], "Name the intent.", LABELS, TRAIN, 3, 0)[0]
-    assert variant_messages(zero, prompt)[0].content.startswith("Be brief.\n\nAnswer with exactly one of")
+    assert variant_messages(zero, prompt)[0].content.startswith(
+        "Be brief.\n\nAnswer with exactly one of"
+    )
     tokenizer = load_tokenizer(str(tiny_model_dir))
     tuned = Variant("tuned", "tuned", "tuned", "Name the intent.")
     for question in ((Message("user", "hi"),), prompt):
         trained_as = ChatTokenizer(tokenizer, "Name the intent.", 64).prompt_text(question)
-        assert ChatTokenizer(tokenizer, None, 64).prompt_text(variant_messages(tuned, question)) == trained_as
+        assert (
+            ChatTokenizer(tokenizer, None, 64).prompt_text(variant_messages(tuned, question))
+            == trained_as
+        )
 
 
 def test_generation_tasks_get_shots_but_no_label_list():
-    train = [Example(messages=(Message("user", f"q{i}"), Message("assistant", f"a{i}"))) for i in range(8)]
+    train = [
+        Example(messages=(Message("user", f"q{i}"), Message("assistant", f"a{i}")))
+        for i in range(8)
+    ]
     zero, kshot = base_variants(["base_0shot", "base_kshot"], None, None, train, 2, 0)
     assert zero.instruction is None and len(kshot.shots) == 2
     chat = variant_messages(kshot, (Message("user", "q?"),))

@@ -19,39 +19,72 @@ REFS = [LABELS[i % len(LABELS)] for i in range(N)]
 
 def _scores(name: str, right: int) -> ModelScores:
     """The first `right` examples answered correctly, the rest with the next label."""
-    preds = [r if i < right else LABELS[(LABELS.index(r) + 1) % len(LABELS)] for i, r in enumerate(REFS)]
+    preds = [
+        r if i < right else LABELS[(LABELS.index(r) + 1) % len(LABELS)] for i, r in enumerate(REFS)
+    ]
     per_example = [float(p == r) for p, r in zip(preds, REFS)]
     cell = {"value": right / N, "low": max(0, right / N - 0.1), "high": min(1, right / N + 0.1)}
-    return ModelScores(name, f"{name} prompt", {"accuracy": cell}, per_example,
-                       right_flags("classification", per_example),
-                       [Generation(p, len(p) // 3, True) for p in preds], preds, 1.0)
+    return ModelScores(
+        name,
+        f"{name} prompt",
+        {"accuracy": cell},
+        per_example,
+        right_flags("classification", per_example),
+        [Generation(p, len(p) // 3, True) for p in preds],
+        preds,
+        1.0,
+    )
 
 
 def _result(base_right: tuple[int, int], tuned_right: int, general: bool = True) -> EvalResult:
-    models = {"base_0shot": _scores("base_0shot", base_right[0]), "base_kshot": _scores("base_kshot", base_right[1]),
-              "tuned": _scores("tuned", tuned_right)}
-    result = EvalResult("classification", "accuracy", N, models, labels=LABELS, references=REFS,
-                        prompts=[f"question <{i}>" for i in range(N)])
+    models = {
+        "base_0shot": _scores("base_0shot", base_right[0]),
+        "base_kshot": _scores("base_kshot", base_right[1]),
+        "tuned": _scores("tuned", tuned_right),
+    }
+    result = EvalResult(
+        "classification",
+        "accuracy",
+        N,
+        models,
+        labels=LABELS,
+        references=REFS,
+        prompts=[f"question <{i}>" for i in range(N)],
+    )
     tuned = models["tuned"]
     for name in ("base_0shot", "base_kshot"):
-        result.comparisons[name] = paired_comparison("classification", "accuracy", models[name].per_example,
-                                                     tuned.per_example, models[name].right, tuned.right)
-    result.strongest_base = strongest({n: models[n].metrics["accuracy"]["value"] for n in ("base_0shot", "base_kshot")})
+        result.comparisons[name] = paired_comparison(
+            "classification",
+            "accuracy",
+            models[name].per_example,
+            tuned.per_example,
+            models[name].right,
+            tuned.right,
+        )
+    result.strongest_base = strongest(
+        {n: models[n].metrics["accuracy"]["value"] for n in ("base_0shot", "base_kshot")}
+    )
     result.outcomes = outcomes(tuned.right, models[result.strongest_base].right)
     if general:
         answers = [item.answers[0] for item in general_set()]
-        result.general = forgetting_summary(answers, answers[:10] + ["no idea"] * (len(answers) - 10))
+        result.general = forgetting_summary(
+            answers, answers[:10] + ["no idea"] * (len(answers) - 10)
+        )
     return result
 
 
 def test_verdict_is_against_the_stronger_base():
     result = _result((10, 30), 50)
     sentence = verdict(result)
-    assert sentence.startswith("The tuned model is better than the stronger base variant (base_kshot")
+    assert sentence.startswith(
+        "The tuned model is better than the stronger base variant (base_kshot"
+    )
     assert "0.833 vs 0.500" in sentence and "p = " in sentence
     close = _result((10, 49), 50)
-    assert verdict(close).startswith("No significant difference between the tuned model and the stronger base "
-                                     "variant (base_kshot")
+    assert verdict(close).startswith(
+        "No significant difference between the tuned model and the stronger base "
+        "variant (base_kshot"
+    )
 
 
 def test_verdict_without_a_base_says_so():
@@ -82,8 +115,14 @@ def test_html_is_self_contained_with_every_section(reports):
     result, _, _, html = reports
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "no external resources"
     assert "<script" not in html
-    for heading in ("Metrics", "Forgetting check", "Training", "Confusion matrix (the 15 most frequent of 20 labels)",
-                    "Answer lengths", "Where they differ: tuned better on 20, base_kshot better on 0"):
+    for heading in (
+        "Metrics",
+        "Forgetting check",
+        "Training",
+        "Confusion matrix (the 15 most frequent of 20 labels)",
+        "Answer lengths",
+        "Where they differ: tuned better on 20, base_kshot better on 0",
+    ):
         assert f"<h2>{heading}</h2>" in html, heading
     assert "Metric vs training examples" not in html, "no scaling section without scaling.json"
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
@@ -95,9 +134,19 @@ def test_html_is_self_contained_with_every_section(reports):
 
 def test_scaling_plot_appears_when_scaling_json_exists(tmp_path):
     (tmp_path / "scaling").mkdir()
-    points = [{"fraction": f, "examples": int(2000 * f), "value": 0.5 + f / 3, "low": 0.4 + f / 3,
-               "high": 0.6 + f / 3} for f in (0.1, 0.25, 0.5, 1.0)]
-    (tmp_path / "scaling" / "scaling.json").write_text(json.dumps({"metric": "accuracy", "points": points}))
+    points = [
+        {
+            "fraction": f,
+            "examples": int(2000 * f),
+            "value": 0.5 + f / 3,
+            "low": 0.4 + f / 3,
+            "high": 0.6 + f / 3,
+        }
+        for f in (0.1, 0.25, 0.5, 1.0)
+    ]
+    (tmp_path / "scaling" / "scaling.json").write_text(
+        json.dumps({"metric": "accuracy", "points": points})
+    )
     _, html = write_reports(_result((10, 30), 50, general=False), tmp_path)
     text = html.read_text()
     assert "<h2>Metric vs training examples</h2>" in text

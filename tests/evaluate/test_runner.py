@@ -21,8 +21,14 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 def _examples(name: str) -> list[Example]:
     with (FIXTURES / name).open() as f:
         rows = list(csv.DictReader(f))
-    return [Example(messages=(Message("user", r["text"]), Message("assistant", r["category"])),
-                    label=r["category"], source=f"{name}:{i + 2}") for i, r in enumerate(rows)]
+    return [
+        Example(
+            messages=(Message("user", r["text"]), Message("assistant", r["category"])),
+            label=r["category"],
+            source=f"{name}:{i + 2}",
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def _adapter(model_dir: Path, folder: Path, seed: int) -> Path:
@@ -31,18 +37,28 @@ def _adapter(model_dir: Path, folder: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     model = load_model(str(model_dir)).model
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
     peft_model.save_pretrained(folder)
     return folder
 
 
 def _config(model_dir: Path, output_dir: Path, name: str, **evaluate) -> RunConfig:
-    return RunConfig.model_validate({
-        "name": name, "output_dir": str(output_dir), "model": {"name": str(model_dir)},
-        "data": {"train_files": ["unused.csv"], "system_prompt": "Name the intent.", "max_seq_len": 64},
-        "train": {"precision": "fp32"},
-        "evaluate": {"max_new_tokens": 6, "batch_size": 8, "base_shots": 3, **evaluate},
-    })
+    return RunConfig.model_validate(
+        {
+            "name": name,
+            "output_dir": str(output_dir),
+            "model": {"name": str(model_dir)},
+            "data": {
+                "train_files": ["unused.csv"],
+                "system_prompt": "Name the intent.",
+                "max_seq_len": 64,
+            },
+            "train": {"precision": "fp32"},
+            "evaluate": {"max_new_tokens": 6, "batch_size": 8, "base_shots": 3, **evaluate},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,52 +82,81 @@ def test_every_variant_is_scored_and_compared_with_tuned(evaluated):
     assert list(result.models) == ["base_0shot", "base_kshot", "tuned", "other"]
     assert result.models["base_kshot"].description == "base model, 3-shot with the labels listed"
     assert set(result.comparisons) == {"base_0shot", "base_kshot", "other"}
-    assert result.strongest_base == max(["base_0shot", "base_kshot"],
-                                        key=lambda n: result.models[n].metrics["accuracy"]["value"])
+    assert result.strongest_base == max(
+        ["base_0shot", "base_kshot"], key=lambda n: result.models[n].metrics["accuracy"]["value"]
+    )
     assert result.comparison is result.comparisons[result.strongest_base]
     for name, c in result.comparisons.items():
         tuned, other = result.models["tuned"].per_example, result.models[name].per_example
         assert c["delta"] == pytest.approx(sum(tuned) / len(tuned) - sum(other) / len(other))
         assert 0 <= c["p_value"] <= 1 and c["p_value"] == c["mcnemar_p_value"]
-        f1 = result.models["tuned"].metrics["macro_f1"]["value"] - result.models[name].metrics["macro_f1"]["value"]
+        f1 = (
+            result.models["tuned"].metrics["macro_f1"]["value"]
+            - result.models[name].metrics["macro_f1"]["value"]
+        )
         assert c["macro_f1"]["delta"] == pytest.approx(f1) and 0 <= c["macro_f1"]["p_value"] <= 1
     for scores in result.models.values():
         cell = scores.metrics["accuracy"]
         assert cell["low"] <= cell["value"] <= cell["high"] and len(scores.answers) == len(test)
     saved = json.loads((cfg.run_dir / "eval" / "results.json").read_text())
-    assert saved["strongest_base"] == result.strongest_base and set(saved["comparisons"]) == set(result.comparisons)
+    assert saved["strongest_base"] == result.strongest_base and set(saved["comparisons"]) == set(
+        result.comparisons
+    )
     assert saved["general"]["n"] == len(general_set()) and "rows" not in saved["general"]
 
 
 def test_examples_say_who_was_right_and_the_outcome(evaluated):
     cfg, result, test = evaluated
-    rows = [json.loads(line) for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == len(test)
     for row in rows:
         for name in result.models:
             assert row[name]["right"] == (row[name]["prediction"] == row["reference"])
         tuned, base = row["tuned"]["right"], row[result.strongest_base]["right"]
-        expected = {(True, False): "tuned_won", (False, True): "tuned_lost", (True, True): "both_right",
-                    (False, False): "both_wrong"}[(tuned, base)]
+        expected = {
+            (True, False): "tuned_won",
+            (False, True): "tuned_lost",
+            (True, True): "both_right",
+            (False, False): "both_wrong",
+        }[(tuned, base)]
         assert row["outcome"] == expected and row["outcome_vs"] == result.strongest_base
 
 
 def test_forgetting_check_runs_on_base_and_tuned(evaluated):
     cfg, result, _ = evaluated
-    rows = [json.loads(line) for line in (cfg.run_dir / "eval" / "general.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (cfg.run_dir / "eval" / "general.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == len(general_set()) and {"base", "tuned"} <= set(rows[0])
     assert result.general["sentence"].startswith(("No significant loss", "General answers got"))
 
 
 def test_base_alone_without_general_check_and_tuned_needs_a_model(tiny_model_dir, tmp_path):
     test = _examples("intents_test.csv")[:3]
-    dataset = PreparedDataset(folder=tmp_path, train=_examples("intents_train.csv"), val=[], test=test,
-                              labels=sorted({e.label for e in test} | {"card_arrival", "exchange_rate"}))
-    cfg = _config(tiny_model_dir, tmp_path, "off", general_check=False, models=["base_0shot"],
-                  label_decoding="constrained")
+    dataset = PreparedDataset(
+        folder=tmp_path,
+        train=_examples("intents_train.csv"),
+        val=[],
+        test=test,
+        labels=sorted({e.label for e in test} | {"card_arrival", "exchange_rate"}),
+    )
+    cfg = _config(
+        tiny_model_dir,
+        tmp_path,
+        "off",
+        general_check=False,
+        models=["base_0shot"],
+        label_decoding="constrained",
+    )
     result = evaluate(cfg, dataset, None)
     assert result.general is None and result.comparisons == {} and result.outcomes is None
-    assert all(p in dataset.labels for p in result.models["base_0shot"].predictions), "constrained to labels"
+    assert all(p in dataset.labels for p in result.models["base_0shot"].predictions), (
+        "constrained to labels"
+    )
     assert not (cfg.run_dir / "eval" / "general.jsonl").exists()
     with pytest.raises(FileNotFoundError, match="no trained model"):
         evaluate(_config(tiny_model_dir, tmp_path, "t", models=["tuned"]), dataset, None)
@@ -127,4 +172,6 @@ def test_reports_from_a_real_evaluation(evaluated):
     for name in result.models:
         assert f"<td>{name}</td>" in text
     assert "<h2>Forgetting check</h2>" in text and "<h2>Confusion matrix</h2>" in text
-    assert "<h2>Training</h2>" not in text, "no metrics.jsonl and no training summary: no training section"
+    assert "<h2>Training</h2>" not in text, (
+        "no metrics.jsonl and no training summary: no training section"
+    )

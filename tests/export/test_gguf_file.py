@@ -44,15 +44,27 @@ def test_permutation_is_the_inverse_of_transformers_loader():
 
 
 def test_q8_0_quantises_whole_blocks_and_keeps_other_rows_f16():
-    assert _encode(np.ones((4, 64), np.float32), "q8_0")[1].name == "Q8_0"  # hidden 64 = two blocks of 32
-    encoded, raw = _encode(np.ones((4, 48), np.float32), "q8_0")  # 48 is not a whole number of blocks
+    assert (
+        _encode(np.ones((4, 64), np.float32), "q8_0")[1].name == "Q8_0"
+    )  # hidden 64 = two blocks of 32
+    encoded, raw = _encode(
+        np.ones((4, 48), np.float32), "q8_0"
+    )  # 48 is not a whole number of blocks
     assert raw is None and encoded.dtype == np.float16
     assert _encode(np.ones(64, np.float32), "q8_0")[0].dtype == np.float32  # norms stay f32
 
 
 def test_other_architectures_are_refused_with_a_clear_message():
     torch.manual_seed(0)
-    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    qwen = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     with pytest.raises(ExportError, match="Llama family only .*'qwen2'.*convert_hf_to_gguf"):
         check_supported(qwen)

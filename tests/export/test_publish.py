@@ -21,5 +21,8 @@ def test_failure_inside_leaves_the_target_untouched(tmp_path):
 def test_another_runs_folder_is_refused(tmp_path):
     with staged_folder(tmp_path / "out", tmp_path / "run-a") as tmp:
         write_manifest(tmp, tmp_path / "run-a", "x")
-    with pytest.raises(ExportError, match="another run"), staged_folder(tmp_path / "out", tmp_path / "run-b"):
+    with (
+        pytest.raises(ExportError, match="another run"),
+        staged_folder(tmp_path / "out", tmp_path / "run-b"),
+    ):
         pass

@@ -18,8 +18,13 @@ QUIET = Console(quiet=True)
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports")
-    results = export(tiny_run, ["adapter", "merged", "gguf"], quants=["f16", "bf16", "q8_0"], output_dir=out,
-                     console=QUIET)
+    results = export(
+        tiny_run,
+        ["adapter", "merged", "gguf"],
+        quants=["f16", "bf16", "q8_0"],
+        output_dir=out,
+        console=QUIET,
+    )
     return out, {r.artifact: r for r in results}
 
 
@@ -28,14 +33,17 @@ def test_each_format_writes_exactly_the_expected_files(exported, tiny_run):
     assert sorted(results) == ["adapter", "gguf-bf16", "gguf-f16", "gguf-q8_0", "merged"]
     tokenizer_files = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
     expected = {
-        "adapter": {"adapter_config.json", "adapter_model.safetensors", "README.md"} | tokenizer_files,
+        "adapter": {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+        | tokenizer_files,
         "merged": {"config.json", "generation_config.json", "model.safetensors"} | tokenizer_files,
         **{f"gguf-{q}": {f"tiny-run-{q}.gguf", "Modelfile"} for q in ("f16", "bf16", "q8_0")},
     }
     for artifact, files in expected.items():
         present = {p.name for p in (out / artifact).iterdir()}
         assert present == files | {"export.json", "parity.json"}, artifact
-        assert json.loads((out / artifact / "export.json").read_text())["run_dir"] == str(tiny_run.resolve())
+        assert json.loads((out / artifact / "export.json").read_text())["run_dir"] == str(
+            tiny_run.resolve()
+        )
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
 
@@ -44,13 +52,22 @@ def test_parity_figures_are_stored_in_the_run_folder_and_pass(exported, tiny_run
     n_test = len(load_prepared(tiny_run / "data").test)
     assert set(stored) == {"adapter", "merged", "gguf-f16", "gguf-bf16", "gguf-q8_0"}
     for artifact, report in stored.items():
-        assert report["passed"] and report["prompts"] == n_test and report["tokenizer_agreement"] == 1.0, artifact
+        assert (
+            report["passed"]
+            and report["prompts"] == n_test
+            and report["tokenizer_agreement"] == 1.0
+        ), artifact
         assert report["prompt_source"].endswith("data (test split)")
-    assert stored["adapter"]["max_logit_diff"] == 0.0  # the same files on the same base: bit-identical
+    assert (
+        stored["adapter"]["max_logit_diff"] == 0.0
+    )  # the same files on the same base: bit-identical
     assert stored["merged"]["max_logit_diff"] < 1e-3  # W + BA vs Wx + BAx: rounding only
     # fp16 rounds each weight to 11 bits, q8_0 to 8 bits per 32-weight block: larger, bounded
     assert stored["gguf-f16"]["max_logit_diff"] < stored["gguf-q8_0"]["max_logit_diff"] < 5.0
-    assert stored["gguf-f16"]["greedy_agreement"] >= 0.99 and stored["gguf-q8_0"]["greedy_agreement"] >= 0.95
+    assert (
+        stored["gguf-f16"]["greedy_agreement"] >= 0.99
+        and stored["gguf-q8_0"]["greedy_agreement"] >= 0.95
+    )
 
 
 def test_merged_folder_loads_with_plain_transformers(exported):
@@ -82,7 +99,9 @@ def test_never_overwrites_another_runs_files(tiny_run, tiny_model_dir, tmp_path)
     other = full_run_from(tiny_model_dir, tmp_path / "runs" / "other")
     with pytest.raises(ExportError, match="another run"):
         export(other, ["merged"], output_dir=tmp_path, console=QUIET)
-    assert json.loads((tmp_path / "merged" / "export.json").read_text())["run_dir"] == str(tiny_run.resolve())
+    assert json.loads((tmp_path / "merged" / "export.json").read_text())["run_dir"] == str(
+        tiny_run.resolve()
+    )
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "merged").mkdir()
     (tmp_path / "mine" / "merged" / "notes.txt").write_text("precious")
@@ -97,7 +116,11 @@ def test_full_finetuning_run_has_no_adapter_but_exports_gguf(tiny_model_dir, tmp
         export(run, ["adapter"], console=QUIET)
     # an untrained random model has near-flat logits: only the lossless formats are sure to agree
     merged, gguf = export(run, ["merged", "gguf"], quants=["f16"], console=QUIET)
-    assert merged.parity.passed and gguf.parity.passed and gguf.parity.prompt_source == "built-in questions"
+    assert (
+        merged.parity.passed
+        and gguf.parity.passed
+        and gguf.parity.prompt_source == "built-in questions"
+    )
 
 
 def test_a_writer_that_is_not_the_loaders_inverse_is_caught(tiny_run, tmp_path, monkeypatch):
@@ -122,8 +145,25 @@ def test_cli_export_prints_parity_and_the_folder(tiny_run, tmp_path):
 
     from tunewright.cli import app
 
-    result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "gguf", "--quant", "q8_0",
-                                      "--output-dir", str(tmp_path), "--parity-prompts", "4"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(tiny_run),
+            "--format",
+            "gguf",
+            "--quant",
+            "q8_0",
+            "--output-dir",
+            str(tmp_path),
+            "--parity-prompts",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert "gguf-q8_0: max logit diff" in result.output and "on 4 prompts" in result.output and "[ok]" in result.output
+    assert (
+        "gguf-q8_0: max logit diff" in result.output
+        and "on 4 prompts" in result.output
+        and "[ok]" in result.output
+    )
     assert (tmp_path / "gguf-q8_0" / "tiny-run-q8_0.gguf").is_file()

@@ -37,7 +37,9 @@ def test_stop_string_cuts_the_answer_and_is_never_sent(tiny):
 
 
 def test_a_full_queue_is_refused_not_grown(tiny):
-    engine = Engine(tiny.model, tiny.tokenizer, max_queue=1)  # not started: nothing drains the queue
+    engine = Engine(
+        tiny.model, tiny.tokenizer, max_queue=1
+    )  # not started: nothing drains the queue
     engine.submit(Job([1, 2], Sampling(max_tokens=1), print))
     with pytest.raises(EngineBusy):
         engine.submit(Job([1, 2], Sampling(max_tokens=1), print))

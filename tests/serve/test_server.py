@@ -27,7 +27,9 @@ def models(tiny_model_dir, tiny_run):
 
 @pytest.fixture(scope="module")
 def server(models):
-    running = start_server(models, ServeSettings(port=0, max_tokens=64, max_n=2, max_request_bytes=4096))
+    running = start_server(
+        models, ServeSettings(port=0, max_tokens=64, max_n=2, max_request_bytes=4096)
+    )
     yield running
     running.stop()
 
@@ -39,7 +41,9 @@ def client(server):
 
 def ask(client, model, question, **kwargs):
     kwargs = {"temperature": 0, "max_tokens": 12, **kwargs}
-    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], **kwargs)
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], **kwargs
+    )
 
 
 def test_lists_the_base_and_the_tuned_adapter(client, tiny_model_dir):
@@ -53,7 +57,10 @@ def test_the_adapter_answers_as_the_tuned_model_does(client, tiny_run, tiny_mode
     tuned = load_tuned(tiny_run)
     chat = ChatTokenizer(tuned.tokenizer, tuned.cfg.data.system_prompt, 256)
     prompts = [chat.encode_prompt((Message("user", q),)) for q in QUESTIONS]
-    expected = [g.text for g in generate(tuned.model, tuned.tokenizer, prompts, max_new_tokens=12, batch_size=1)]
+    expected = [
+        g.text
+        for g in generate(tuned.model, tuned.tokenizer, prompts, max_new_tokens=12, batch_size=1)
+    ]
     served = [ask(client, "tuned", q).choices[0].message.content.strip() for q in QUESTIONS]
     assert served == expected
     base = [ask(client, tiny_model_dir.name, q).choices[0].message.content for q in QUESTIONS]
@@ -63,27 +70,38 @@ def test_the_adapter_answers_as_the_tuned_model_does(client, tiny_run, tiny_mode
 def test_answer_shape_and_usage(client):
     answer = ask(client, "tuned", QUESTIONS[0])
     assert answer.object == "chat.completion" and answer.model == "tuned"
-    assert answer.choices[0].finish_reason in ("stop", "length") and answer.choices[0].message.role == "assistant"
+    assert (
+        answer.choices[0].finish_reason in ("stop", "length")
+        and answer.choices[0].message.role == "assistant"
+    )
     assert answer.usage.prompt_tokens > 0 and 0 < answer.usage.completion_tokens <= 12
 
 
 def test_streaming_gives_the_same_answer_in_pieces(client):
     whole = ask(client, "tuned", QUESTIONS[1])
-    chunks = list(ask(client, "tuned", QUESTIONS[1], stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        ask(client, "tuned", QUESTIONS[1], stream=True, stream_options={"include_usage": True})
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[
+        0
+    ].finish_reason
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
 def test_completions_endpoint_with_several_prompts_and_n(client):
-    answer = client.completions.create(model="tuned", prompt=["I lost", "my card"], n=2, max_tokens=5,
-                                       temperature=0.8, seed=3)
+    answer = client.completions.create(
+        model="tuned", prompt=["I lost", "my card"], n=2, max_tokens=5, temperature=0.8, seed=3
+    )
     assert [c.index for c in answer.choices] == [0, 1, 2, 3]
-    again = client.completions.create(model="tuned", prompt=["I lost", "my card"], n=2, max_tokens=5,
-                                      temperature=0.8, seed=3)
-    assert [c.text for c in again.choices] == [c.text for c in answer.choices]  # seeded sampling repeats
+    again = client.completions.create(
+        model="tuned", prompt=["I lost", "my card"], n=2, max_tokens=5, temperature=0.8, seed=3
+    )
+    assert [c.text for c in again.choices] == [
+        c.text for c in answer.choices
+    ]  # seeded sampling repeats
 
 
 def test_concurrent_clients_get_what_one_at_a_time_gets(client, tiny_model_dir):
@@ -110,7 +128,11 @@ def test_concurrent_clients_get_what_one_at_a_time_gets(client, tiny_model_dir):
         ({"n": 3}, openai.BadRequestError, "n"),
         ({"messages": []}, openai.BadRequestError, "messages"),
         ({"temperature": 3}, openai.BadRequestError, "temperature"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            openai.BadRequestError,
+            "tools",
+        ),
         ({"messages": [{"role": "user", "content": "x" * 5000}]}, openai.APIStatusError, None),
     ],
 )
@@ -125,7 +147,11 @@ def test_bad_requests_get_an_error_in_openais_shape(client, kwargs, error, param
 
 
 def test_invalid_json_and_unknown_routes(server):
-    bad = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    bad = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
     missing = httpx.get(server.url + "/v1/nothing")
     assert missing.status_code == 404 and "error" in missing.json()
@@ -174,5 +200,7 @@ def test_cli_refuses_a_public_address_before_loading_anything(tiny_model_dir):
 
     from tunewright.cli import app
 
-    result = CliRunner().invoke(app, ["serve", str(tiny_model_dir), "--host", "0.0.0.0"], env={"TUNEWRIGHT_API_KEY": ""})
+    result = CliRunner().invoke(
+        app, ["serve", str(tiny_model_dir), "--host", "0.0.0.0"], env={"TUNEWRIGHT_API_KEY": ""}
+    )
     assert result.exit_code == 1 and "without an API key" in result.output

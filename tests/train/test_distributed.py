@@ -30,24 +30,49 @@ def trained_weights(root: Path, method: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "sharding"), [("lora", "ddp"), ("lora", "fsdp"), ("full", "fsdp")])
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, method, sharding):
+@pytest.mark.parametrize(
+    ("method", "sharding"), [("lora", "ddp"), ("lora", "fsdp"), ("full", "fsdp")]
+)
+def test_two_processes_match_one_with_the_same_global_batch(
+    tmp_path, tiny_model_dir, method, sharding
+):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     single, double = tmp_path / "one", tmp_path / "two"
     config(single, tiny_model_dir)
     config(double, tiny_model_dir)
     common = [*COMMON, f"train.method={method}", f"train.fsdp={sharding == 'fsdp'}"]
-    if sharding == "fsdp":  # FSDP runs every row in full; so must the one process it is compared with
+    if (
+        sharding == "fsdp"
+    ):  # FSDP runs every row in full; so must the one process it is compared with
         common.append("train.shared_prefix=false")
     if method == "full":
         common.append("train.lr=0.003")
-    one = subprocess.run([sys.executable, str(WORKER), str(single / "r.yaml"), *common, "train.grad_accum_steps=2"],
-                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    one = subprocess.run(
+        [sys.executable, str(WORKER), str(single / "r.yaml"), *common, "train.grad_accum_steps=2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-         str(double / "r.yaml"), *common, "train.grad_accum_steps=1"],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKER),
+            str(double / "r.yaml"),
+            *common,
+            "train.grad_accum_steps=1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = trained_weights(single, method), trained_weights(double, method)
@@ -62,25 +87,47 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
 
 
 STEPS = 8
-RESUMABLE = ["train.fsdp=true", "train.batch_size=4", f"train.max_steps={STEPS}", "train.epochs=10",
-             "train.checkpoint_every_steps=1", "train.keep_checkpoints=2", "train.resume=true"]
+RESUMABLE = [
+    "train.fsdp=true",
+    "train.batch_size=4",
+    f"train.max_steps={STEPS}",
+    "train.epochs=10",
+    "train.checkpoint_every_steps=1",
+    "train.keep_checkpoints=2",
+    "train.resume=true",
+]
 
 
 def torchrun(recipe: Path, *overrides: str, kill_after_step: int | None = None) -> None:
     """Two FSDP processes under torchrun; with `kill_after_step`, SIGKILL the launcher and both
     workers once that step's checkpoint is complete."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-               str(recipe), *RESUMABLE, *overrides]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(recipe),
+        *RESUMABLE,
+        *overrides,
+    ]
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     if kill_after_step is None:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
         return
-    marker = recipe.parent / "runs" / "t" / "checkpoints" / f"step-{kill_after_step:08d}" / "COMPLETE"
+    marker = (
+        recipe.parent / "runs" / "t" / "checkpoints" / f"step-{kill_after_step:08d}" / "COMPLETE"
+    )
     deadline = time.monotonic() + 600
     while not marker.exists():
-        assert proc.poll() is None, f"ended before step {kill_after_step}: {proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, (
+            f"ended before step {kill_after_step}: {proc.stderr.read()[-3000:]}"
+        )
         assert time.monotonic() < deadline
         time.sleep(0.01)
     # torchrun starts each worker in a session of its own: killing the launcher (or its process
@@ -96,7 +143,10 @@ def torchrun(recipe: Path, *overrides: str, kill_after_step: int | None = None) 
 
 
 def logged_steps(root: Path) -> list[int]:
-    rows = (json.loads(line) for line in (root / "runs" / "t" / "metrics.jsonl").read_text().splitlines())
+    rows = (
+        json.loads(line)
+        for line in (root / "runs" / "t" / "metrics.jsonl").read_text().splitlines()
+    )
     return [row["step"] for row in rows if "train_loss" in row]
 
 
@@ -105,7 +155,11 @@ def logged_steps(root: Path) -> list[int]:
 def test_fsdp_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, method):
     # dropout draws from each rank's RNG, over micro-batches of different shapes: the resumed
     # ranks must each get their own generator state back
-    extra = ["train.method=lora", "train.lora_dropout=0.2"] if method == "lora" else ["train.method=full", "train.lr=0.003"]
+    extra = (
+        ["train.method=lora", "train.lora_dropout=0.2"]
+        if method == "lora"
+        else ["train.method=full", "train.lr=0.003"]
+    )
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     config(whole, tiny_model_dir)
     config(broken, tiny_model_dir)
@@ -115,7 +169,9 @@ def test_fsdp_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir,
     output = broken / "runs" / "t" / ("adapter" if method == "lora" else "model")
     assert not output.exists(), "killed before the end: nothing saved yet"
     resume_from = latest_checkpoint(broken / "runs" / "t" / "checkpoints")
-    assert resume_from is not None and resume_from.name < f"step-{STEPS:08d}", "steps are left to train"
+    assert resume_from is not None and resume_from.name < f"step-{STEPS:08d}", (
+        "steps are left to train"
+    )
     torchrun(broken / "r.yaml", *extra)
     assert logged_steps(broken).count(1) == 1, "the second run resumed rather than starting over"
 

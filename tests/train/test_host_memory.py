@@ -35,7 +35,9 @@ def resident_after_free(set_option: bool) -> float:
     code = CHECK.replace("SET", repr("1" if set_option else "0"))
     if not set_option:
         code = code.replace("release_freed_tensors_to_os() == ", "True or ")
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return float(out.stdout.strip().splitlines()[-1])
 

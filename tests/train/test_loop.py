@@ -33,7 +33,9 @@ def test_lora_changes_every_adapter_weight_and_no_base_weight(tmp_path, tiny_mod
     result = train(cfg, prepare(cfg, console=QUIET), console=QUIET)
     adapter = load_file(result.output_dir / "adapter_model.safetensors")
     lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
-    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values()), "lora_B starts at zero and must move"
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values()), (
+        "lora_B starts at zero and must move"
+    )
 
     from peft import PeftModel
 
@@ -55,8 +57,11 @@ def test_full_finetuning_changes_every_parameter_and_loss_falls(tmp_path, tiny_m
     assert unchanged == []
     import json
 
-    losses = [json.loads(x)["train_loss"] for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
-              if "train_loss" in x]
+    losses = [
+        json.loads(x)["train_loss"]
+        for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in x
+    ]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -74,8 +79,14 @@ def test_training_is_deterministic_on_cpu(tmp_path, tiny_model_dir):
 def test_activation_checkpointing_gives_the_same_weights(tmp_path, tiny_model_dir, method):
     weights = []
     for flag in (False, True):
-        cfg = config(tmp_path / str(flag), tiny_model_dir, "train.max_steps=3", f"train.method={method}",
-                     f"train.activation_checkpointing={flag}", "train.lr=0.003")
+        cfg = config(
+            tmp_path / str(flag),
+            tiny_model_dir,
+            "train.max_steps=3",
+            f"train.method={method}",
+            f"train.activation_checkpointing={flag}",
+            "train.lr=0.003",
+        )
         out = train(cfg, prepare(cfg, console=QUIET), console=QUIET).output_dir
         weights.append(load_file(next(out.glob("*.safetensors"))))
     plain, recomputed = weights
@@ -114,15 +125,25 @@ def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(tiny_model_dir, ra
     # Adam's first step moves each weight by lr * g/|g|; B starts at zero, so its largest entry is its lr
     largest_b = max(float(p.detach().abs().max()) for n, p in trainable.items() if "lora_B" in n)
     assert largest_b == pytest.approx(1e-3 * (ratio or 1.0), rel=1e-3)
-    assert {g["lr"] for g in optimizer.param_groups if g["params"]} == ({1e-3, 1.6e-2} if ratio else {1e-3})
+    assert {g["lr"] for g in optimizer.param_groups if g["params"]} == (
+        {1e-3, 1.6e-2} if ratio else {1e-3}
+    )
 
 
 def test_loraplus_run_resumes_exactly(tmp_path, tiny_model_dir):
     """The LoRA+ optimiser's four parameter groups (one empty) survive a checkpoint round trip."""
     import shutil
 
-    cfg = config(tmp_path, tiny_model_dir, "train.loraplus_lr_ratio=16", "train.lr=0.005", "train.max_steps=4",
-                 "train.checkpoint_every_steps=1", "train.keep_checkpoints=4", "train.resume=true")
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        "train.loraplus_lr_ratio=16",
+        "train.lr=0.005",
+        "train.max_steps=4",
+        "train.checkpoint_every_steps=1",
+        "train.keep_checkpoints=4",
+        "train.resume=true",
+    )
     dataset = prepare(cfg, console=QUIET)
     out = train(cfg, dataset, console=QUIET).output_dir
     whole = load_file(out / "adapter_model.safetensors")
@@ -133,27 +154,45 @@ def test_loraplus_run_resumes_exactly(tmp_path, tiny_model_dir):
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir):
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
+    tmp_path, tiny_model_dir
+):
     from tunewright.errors import TrainingDivergedError
     from tunewright.train.checkpoint import latest_checkpoint
 
     # an absurd learning rate overflows the weights after the first update
-    cfg = config(tmp_path, tiny_model_dir, "train.method=full", "train.lr=1e30", "train.max_grad_norm=null",
-                 "train.lr_warmup_steps=0", "train.lr_schedule=constant", "train.checkpoint_every_steps=1")
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        "train.method=full",
+        "train.lr=1e30",
+        "train.max_grad_norm=null",
+        "train.lr_warmup_steps=0",
+        "train.lr_schedule=constant",
+        "train.checkpoint_every_steps=1",
+    )
     with pytest.raises(TrainingDivergedError, match=r"step (\d+): loss=.* is not finite") as err:
         train(cfg, prepare(cfg, console=QUIET), console=QUIET)
     failed_step = int(err.value.args[0].split(":")[0].split()[1])
     last = latest_checkpoint(cfg.run_dir / "checkpoints")
     assert last is not None and last.name == f"step-{failed_step - 1:08d}"
     saved = load_file(last / "model.safetensors")
-    assert all(torch.isfinite(v).all() for v in saved.values()), "a checkpoint with non-finite weights"
+    assert all(torch.isfinite(v).all() for v in saved.values()), (
+        "a checkpoint with non-finite weights"
+    )
     assert not (cfg.run_dir / "model").exists()
 
 
 def test_early_stopping_keeps_the_best_and_stops(tmp_path, tiny_model_dir):
     # lr so small that fp32 updates vanish: val loss never improves after the first validation
-    cfg = config(tmp_path, tiny_model_dir, "train.lr=1e-12", "train.eval_every_steps=1",
-                 "train.early_stopping_patience=2", "train.max_steps=20")
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        "train.lr=1e-12",
+        "train.eval_every_steps=1",
+        "train.early_stopping_patience=2",
+        "train.max_steps=20",
+    )
     result = train(cfg, prepare(cfg, console=QUIET), console=QUIET)
     assert result.stopped_early and result.steps == 3
 
@@ -163,8 +202,11 @@ def test_packed_training_learns(tmp_path, tiny_model_dir):
     result = train(cfg, prepare(cfg, console=QUIET), console=QUIET)
     import json
 
-    losses = [json.loads(x)["train_loss"] for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
-              if "train_loss" in x]
+    losses = [
+        json.loads(x)["train_loss"]
+        for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in x
+    ]
     assert losses[-1] < 0.6 * losses[0], losses
     assert result.output_dir is not None
 

@@ -22,8 +22,13 @@ def _jsonl_losses(run_dir):
 
 
 def test_training_writes_the_same_losses_to_jsonl_tensorboard_and_mlflow(tmp_path, tiny_model_dir):
-    cfg = config(tmp_path, tiny_model_dir, "train.epochs=1", "train.report_to=[tensorboard, mlflow]",
-                 "train.eval_every_steps=2")
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        "train.epochs=1",
+        "train.report_to=[tensorboard, mlflow]",
+        "train.eval_every_steps=2",
+    )
     train(cfg, prepare(cfg, console=QUIET), console=QUIET)
     expected = _jsonl_losses(cfg.run_dir)
     assert len(expected) >= 2
@@ -33,7 +38,9 @@ def test_training_writes_the_same_losses_to_jsonl_tensorboard_and_mlflow(tmp_pat
     assert {"train_loss", "lr", "val_loss", "tokens_per_second"} <= set(events.Tags()["scalars"])
     board = {e.step: e.value for e in events.Scalars("train_loss")}
     assert board.keys() == expected.keys()
-    assert all(board[s] == pytest.approx(expected[s], rel=1e-6) for s in expected)  # TB stores float32
+    assert all(
+        board[s] == pytest.approx(expected[s], rel=1e-6) for s in expected
+    )  # TB stores float32
 
     from mlflow.tracking import MlflowClient
 

@@ -35,38 +35,62 @@ def test_prompts_are_shipped_unique_and_not_the_forgetting_checks_questions():
     assert len(prompts) == 240 == len(set(prompts))
     assert not set(prompts) & {item.prompt for item in general_set()}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "train/replay_prompts.jsonl" in pyproject["tool"]["setuptools"]["package-data"]["tunewright"]
+    assert (
+        "train/replay_prompts.jsonl"
+        in pyproject["tool"]["setuptools"]["package-data"]["tunewright"]
+    )
     assert pick_prompts(5, seed=1) == pick_prompts(5, seed=1) != pick_prompts(5, seed=2)
 
 
 def test_only_answers_that_ended_on_their_own_are_kept():
-    generations = [Generation("Rain is water.", 5, True), Generation("It goes on and on", 64, False),
-                   Generation("", 1, True)]
+    generations = [
+        Generation("Rain is water.", 5, True),
+        Generation("It goes on and on", 64, False),
+        Generation("", 1, True),
+    ]
     assert keep_finished(["a", "b", "c"], generations) == [ReplayChat("a", "Rain is water.")]
 
 
 def test_replayed_chats_train_the_answer_without_the_runs_system_prompt(tiny_model_dir):
     tokenizer = load_model(str(tiny_model_dir)).tokenizer
-    [example] = encode_replay([ReplayChat("Describe rain.", "Rain is water falling.")], tokenizer, 256)
+    [example] = encode_replay(
+        [ReplayChat("Describe rain.", "Rain is water falling.")], tokenizer, 256
+    )
     text = tokenizer.decode(example.input_ids)
     trained = tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
-    assert "Describe rain." in text and "Rain is water falling." in trained and "Describe" not in trained
+    assert (
+        "Describe rain." in text
+        and "Rain is water falling." in trained
+        and "Describe" not in trained
+    )
     domain = ChatTokenizer(tokenizer, "Name the banking intent.", 256)
     assert "Name the banking intent." in domain.prompt_text((Message("user", "x"),))
     assert "Name the banking intent." not in text
-    assert encode_replay([ReplayChat("Describe rain.", "word " * 300)], tokenizer, 64) == []  # too long: left out
+    assert (
+        encode_replay([ReplayChat("Describe rain.", "word " * 300)], tokenizer, 64) == []
+    )  # too long: left out
 
 
 def test_base_replay_is_the_base_models_greedy_answers_and_is_cached(tmp_path, tiny_model_dir):
     loaded = load_model(str(tiny_model_dir))
-    chats = base_replay(loaded.model, loaded.tokenizer, count=6, seed=0, model_name="tiny", cache_dir=tmp_path)
+    chats = base_replay(
+        loaded.model, loaded.tokenizer, count=6, seed=0, model_name="tiny", cache_dir=tmp_path
+    )
     prompts = pick_prompts(6, seed=0)
     chat = ChatTokenizer(loaded.tokenizer, None, 10_000)
-    expected = generate(loaded.model, loaded.tokenizer, [chat.encode_prompt((Message("user", p),)) for p in prompts],
-                        max_new_tokens=MAX_ANSWER_TOKENS, batch_size=1)
+    expected = generate(
+        loaded.model,
+        loaded.tokenizer,
+        [chat.encode_prompt((Message("user", p),)) for p in prompts],
+        max_new_tokens=MAX_ANSWER_TOKENS,
+        batch_size=1,
+    )
     assert chats == keep_finished(prompts, expected)
     # a second call reads the cache: it never touches the model
-    assert base_replay(None, loaded.tokenizer, count=6, seed=0, model_name="tiny", cache_dir=tmp_path) == chats
+    assert (
+        base_replay(None, loaded.tokenizer, count=6, seed=0, model_name="tiny", cache_dir=tmp_path)
+        == chats
+    )
     header = json.loads((tmp_path / CACHE_FILE).read_text().splitlines()[0])
     assert header["model"] == "tiny" and header["prompts"] == prompts
 
@@ -74,10 +98,18 @@ def test_base_replay_is_the_base_models_greedy_answers_and_is_cached(tmp_path, t
 def test_training_trains_on_the_replayed_chats_as_well(tmp_path, tiny_model_dir):
     def trained_tokens(folder, *overrides):
         cfg = config(folder, tiny_model_dir, "train.epochs=1", "data.max_seq_len=256", *overrides)
-        if "train.general_replay=3" in overrides:  # answers as the base would have given them, cached
+        if (
+            "train.general_replay=3" in overrides
+        ):  # answers as the base would have given them, cached
             prompts = pick_prompts(3, seed=0)
-            key = {"model": str(tiny_model_dir), "prompts": prompts, "max_answer_tokens": MAX_ANSWER_TOKENS}
-            rows = [json.dumps(key)] + [json.dumps({"prompt": p, "answer": f"An answer to {p}"}) for p in prompts]
+            key = {
+                "model": str(tiny_model_dir),
+                "prompts": prompts,
+                "max_answer_tokens": MAX_ANSWER_TOKENS,
+            }
+            rows = [json.dumps(key)] + [
+                json.dumps({"prompt": p, "answer": f"An answer to {p}"}) for p in prompts
+            ]
             (cfg.run_dir / "data").mkdir(parents=True)
             (cfg.run_dir / "data" / CACHE_FILE).write_text("\n".join(rows) + "\n")
         dataset = prepare(cfg, console=QUIET)
@@ -86,6 +118,8 @@ def test_training_trains_on_the_replayed_chats_as_well(tmp_path, tiny_model_dir)
     without = trained_tokens(tmp_path / "plain")
     with_replay = trained_tokens(tmp_path / "replay", "train.general_replay=3")
     tokenizer = load_model(str(tiny_model_dir)).tokenizer
-    replayed = encode_replay([ReplayChat(p, f"An answer to {p}") for p in pick_prompts(3, seed=0)], tokenizer, 256)
+    replayed = encode_replay(
+        [ReplayChat(p, f"An answer to {p}") for p in pick_prompts(3, seed=0)], tokenizer, 256
+    )
     assert len(replayed) == 3
     assert with_replay - without == sum(len(drop_untrained_tail(e).input_ids) for e in replayed)

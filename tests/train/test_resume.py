@@ -16,22 +16,37 @@ from safetensors.torch import load_file
 from tests.train.test_loop import config
 
 WORKER = Path(__file__).with_name("train_worker.py")
-OVERRIDES = ["train.lora_dropout=0.2", "train.checkpoint_every_steps=1", "train.max_steps=10",
-             "train.resume=true", "train.keep_checkpoints=2", "train.epochs=10"]
+OVERRIDES = [
+    "train.lora_dropout=0.2",
+    "train.checkpoint_every_steps=1",
+    "train.max_steps=10",
+    "train.resume=true",
+    "train.keep_checkpoints=2",
+    "train.epochs=10",
+]
 
 
 def run_worker(recipe: Path, *extra: str, kill_after_step: int | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    proc = subprocess.Popen([sys.executable, str(WORKER), str(recipe), *OVERRIDES, *extra], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), str(recipe), *OVERRIDES, *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if kill_after_step is None:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         return
-    marker = recipe.parent / "runs" / "t" / "checkpoints" / f"step-{kill_after_step:08d}" / "COMPLETE"
+    marker = (
+        recipe.parent / "runs" / "t" / "checkpoints" / f"step-{kill_after_step:08d}" / "COMPLETE"
+    )
     deadline = time.monotonic() + 300
     while not marker.exists():
-        assert proc.poll() is None, f"worker ended before step {kill_after_step}: {proc.stderr.read()}"
+        assert proc.poll() is None, (
+            f"worker ended before step {kill_after_step}: {proc.stderr.read()}"
+        )
         assert time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -51,11 +66,15 @@ def uninterrupted(tmp_path_factory, tiny_model_dir):
     return final_adapter(root)
 
 
-def interrupted_then_resumed(root: Path, model_dir: Path, *resume_flags: str) -> dict[str, torch.Tensor]:
+def interrupted_then_resumed(
+    root: Path, model_dir: Path, *resume_flags: str
+) -> dict[str, torch.Tensor]:
     config(root, model_dir)  # writes root/r.yaml
     step = random.Random().randint(2, 8)  # a different step each run: resume must work from any
     run_worker(root / "r.yaml", kill_after_step=step)
-    assert not (root / "runs" / "t" / "adapter").exists(), "killed before the end: no final adapter yet"
+    assert not (root / "runs" / "t" / "adapter").exists(), (
+        "killed before the end: no final adapter yet"
+    )
     run_worker(root / "r.yaml", *resume_flags)
     return final_adapter(root)
 

@@ -20,9 +20,12 @@ QUIET = Console(quiet=True)
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
 def test_with_time_to_spare_it_is_the_usual_step_schedule(kind):
     progress = BudgetProgress(kind, warmup_steps=3, total_steps=20, budget_seconds=3600)
-    reference = get_scheduler("constant_with_warmup" if kind == "constant" else kind,
-                              torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
-                              num_warmup_steps=3, num_training_steps=20)
+    reference = get_scheduler(
+        "constant_with_warmup" if kind == "constant" else kind,
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+        num_warmup_steps=3,
+        num_training_steps=20,
+    )
     expected = []
     for _ in range(21):
         expected.append(reference.get_last_lr()[0])
@@ -42,15 +45,29 @@ def test_time_spent_moves_the_decay_ahead_of_the_steps():
 
 def test_training_stops_when_the_budget_is_spent_with_the_lr_at_its_end(tmp_path, tiny_model_dir):
     # 6 ms: spent by the end of the first step, whatever the machine
-    cfg = config(tmp_path, tiny_model_dir, "train.max_minutes=0.0001", "train.lr_warmup_steps=0",
-                 "train.checkpoint_every_steps=1")
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        "train.max_minutes=0.0001",
+        "train.lr_warmup_steps=0",
+        "train.checkpoint_every_steps=1",
+    )
     result = train(cfg, prepare(cfg, console=QUIET), console=QUIET)
     assert result.out_of_time and result.steps == 1 < result.planned_steps
-    assert result.output_dir is not None and (result.output_dir / "adapter_model.safetensors").is_file()
+    assert (
+        result.output_dir is not None
+        and (result.output_dir / "adapter_model.safetensors").is_file()
+    )
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in rows if "lr" in r] == [0.0]  # the cosine ran to its end with the budget
-    state = json.loads((latest_checkpoint(cfg.run_dir / "checkpoints") / "trainer_state.json").read_text())
-    assert state["data_state"]["train_seconds"] >= 0.006  # a resumed run counts the time already spent
+    assert [r["lr"] for r in rows if "lr" in r] == [
+        0.0
+    ]  # the cosine ran to its end with the budget
+    state = json.loads(
+        (latest_checkpoint(cfg.run_dir / "checkpoints") / "trainer_state.json").read_text()
+    )
+    assert (
+        state["data_state"]["train_seconds"] >= 0.006
+    )  # a resumed run counts the time already spent
 
 
 def test_without_a_budget_every_planned_step_runs(tmp_path, tiny_model_dir):

@@ -34,10 +34,14 @@ def read_pairs(raw: Path) -> dict[str, list[dict]]:
             text = " ".join((answer.text or "").split()) if answer is not None else ""
             if not text or len(text.split()) > MAX_ANSWER_WORDS:
                 continue
-            documents.setdefault(document, []).append({
-                "prompt": " ".join(question.text.split()), "completion": text,
-                "document": document, "qtype": question.get("qtype"),
-            })
+            documents.setdefault(document, []).append(
+                {
+                    "prompt": " ".join(question.text.split()),
+                    "completion": text,
+                    "document": document,
+                    "qtype": question.get("qtype"),
+                }
+            )
     return documents
 
 

@@ -35,7 +35,9 @@ def tail(tokenizer, text: str, budget: int) -> str:
 
 
 def row(tokenizer, pmid: str, item: dict) -> list[str]:
-    abstract = "\n".join(f"{label.capitalize()}: {text}" for label, text in zip(item["LABELS"], item["CONTEXTS"]))
+    abstract = "\n".join(
+        f"{label.capitalize()}: {text}" for label, text in zip(item["LABELS"], item["CONTEXTS"])
+    )
     text = f"Question: {item['QUESTION']}\n\nAbstract: {tail(tokenizer, abstract, CONTEXT_TOKENS)}"
     return [text, item["final_decision"], pmid]
 
@@ -47,7 +49,10 @@ def build(raw: Path = DEFAULT_RAW, out: Path = HERE) -> None:
     tokenizer = load_tokenizer(MODEL)
     items = json.loads((raw / "ori_pqal.json").read_text(encoding="utf-8"))
     test_ids = json.loads((raw / "test_ground_truth.json").read_text(encoding="utf-8"))
-    splits = {"test.csv": [p for p in items if p in test_ids], "train.csv": [p for p in items if p not in test_ids]}
+    splits = {
+        "test.csv": [p for p in items if p in test_ids],
+        "train.csv": [p for p in items if p not in test_ids],
+    }
     for name, pmids in splits.items():
         with (out / name).open("w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")

@@ -16,7 +16,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RAW = HERE.parents[3] / "shared" / "data" / "twitter-financial-news-sentiment" / "raw"
-LABELS = {"0": "bearish", "1": "bullish", "2": "neutral"}  # upstream card: 0 Bearish, 1 Bullish, 2 Neutral
+LABELS = {
+    "0": "bearish",
+    "1": "bullish",
+    "2": "neutral",
+}  # upstream card: 0 Bearish, 1 Bullish, 2 Neutral
 FILES = {"sent_train.csv": "train.csv", "sent_valid.csv": "test.csv"}
 
 

@@ -44,7 +44,9 @@ GC_EVERY_BATCHES = 64
 BLOCK_BYTES = 1 << 20  # ~5,000 short chat rows: small enough to keep both workers busy
 PARALLEL_MIN_BYTES = 32 << 20  # below this, starting the workers (~1 s) is not worth it
 # Two, not one per core: the main process also needs a core for deduplication and writing.
-WORKERS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+WORKERS = min(
+    2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
 
 
 @dataclass
@@ -72,19 +74,25 @@ class Batch:
 class BatchMaker:
     """Makes batches with one recipe's settings (in the main process or a worker)."""
 
-    def __init__(self, cfg: RunConfig, strict: bool, tokenizer: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, strict: bool, tokenizer: Callable[[], object] | None = None
+    ) -> None:
         dc = cfg.data
         self.grouped = dc.group_by is not None
         tokenizer = tokenizer or cache(lambda: load_tokenizer(cfg))  # loaded only to cut long texts
         chunker = cache(lambda: _text_chunker(tokenizer(), dc.max_seq_len))
         self.collector = Collector(dc, strict=strict, chunker=lambda e: chunker().chunk(e))
-        self.deduplicator = Deduplicator(threshold=dc.dedup_threshold) if dc.dedup != "off" else None
+        self.deduplicator = (
+            Deduplicator(threshold=dc.dedup_threshold) if dc.dedup != "off" else None
+        )
 
     def _batch(self, examples: list[Example], out: Collected, info: dict) -> Batch:
         """A batch of `examples` and what `out` gathered since the last one (then emptied)."""
         batch = Batch(
             examples_table(examples),
-            self.deduplicator.sketch([dedup_text(e) for e in examples]) if self.deduplicator else None,
+            self.deduplicator.sketch([dedup_text(e) for e in examples])
+            if self.deduplicator
+            else None,
             [e.label for e in examples],
             [e.meta["group"] for e in examples] if self.grouped else None,
             list(out.quarantine),
@@ -133,7 +141,9 @@ def make_batches(
             info = maker.collector.source_info(source)
             out.sources.append(info)
             parallel = (
-                source.read is read_jsonl and WORKERS > 1 and source.path.stat().st_size >= PARALLEL_MIN_BYTES
+                source.read is read_jsonl
+                and WORKERS > 1
+                and source.path.stat().st_size >= PARALLEL_MIN_BYTES
             )
             if parallel:
                 yield from _parallel_jsonl(cfg, strict, maker, source.path, info)
@@ -152,7 +162,9 @@ def _blocks(path: Path) -> Iterator[tuple[bytes, int]]:
             line += block.count(b"\n")
 
 
-def _parallel_jsonl(cfg: RunConfig, strict: bool, maker: BatchMaker, path: Path, info: dict) -> Iterator[Batch]:
+def _parallel_jsonl(
+    cfg: RunConfig, strict: bool, maker: BatchMaker, path: Path, info: dict
+) -> Iterator[Batch]:
     blocks = _blocks(path)
     # Until the format is known (the first row that has one), blocks are made here: the rows
     # after it must all be read in that format.
@@ -171,7 +183,9 @@ def _parallel_jsonl(cfg: RunConfig, strict: bool, maker: BatchMaker, path: Path,
     # A worker that dies (killed for memory, say) raises BrokenProcessPool here rather than
     # leaving its block unanswered, which is why this is not a multiprocessing.Pool.
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_start_worker, initargs=(cfg, strict)) as pool:
+    with ProcessPoolExecutor(
+        WORKERS, mp_context=context, initializer=_start_worker, initargs=(cfg, strict)
+    ) as pool:
         pending: deque = deque()
         try:
             for block, first_line in blocks:

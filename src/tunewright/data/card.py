@@ -31,7 +31,11 @@ def render_card(summary: dict) -> str:
         "",
         f"**{splits['train']:,} train, {splits['val']:,} validation, {splits['test']:,} test examples** "
         f"from {s['rows_read']:,} rows read"
-        + (f" ({s['chunks_added']:,} extra pieces cut from long texts)" if s["chunks_added"] else "")
+        + (
+            f" ({s['chunks_added']:,} extra pieces cut from long texts)"
+            if s["chunks_added"]
+            else ""
+        )
         + ".",
         "",
         "## Where every row went",
@@ -43,7 +47,10 @@ def render_card(summary: dict) -> str:
     if s["chunks_added"]:
         lines.append(f"| + pieces of long texts | {s['chunks_added']:,} |")
     lines += [f"| → {name} | {count:,} |" for name, count in splits.items()]
-    lines += [f"| → quarantined: {reason} | {count:,} |" for reason, count in s["quarantined_by_reason"].items()]
+    lines += [
+        f"| → quarantined: {reason} | {count:,} |"
+        for reason, count in s["quarantined_by_reason"].items()
+    ]
     lines += [
         f"| → duplicates removed | {s['duplicates_removed']:,} |",
         f"| → not used after sampling | {s['not_used_after_sampling']:,} |",
@@ -58,9 +65,13 @@ def _sources(s: dict) -> list[str]:
     lines = ["## Sources", ""]
     for source in s["sources"]:
         note = f" — {source['note']}" if "note" in source else ""
-        lines.append(f"- `{source['path']}`: {source['rows']:,} rows, format `{source['format']}`{note}")
+        lines.append(
+            f"- `{source['path']}`: {source['rows']:,} rows, format `{source['format']}`{note}"
+        )
     if s["skipped_files"]:
-        lines.append(f"- skipped (no reader for the file type): {', '.join(s['skipped_files'][:10])}")
+        lines.append(
+            f"- skipped (no reader for the file type): {', '.join(s['skipped_files'][:10])}"
+        )
     return lines + [""]
 
 
@@ -89,9 +100,16 @@ def _labels(s: dict) -> list[str]:
         return []
     train = counts["train"]
     shown = list(train.items())[:_TOP_LABELS]
-    lines = [f"## Labels ({len(s['labels'])})", "", "| label | train | val | test |", "|---|---:|---:|---:|"]
+    lines = [
+        f"## Labels ({len(s['labels'])})",
+        "",
+        "| label | train | val | test |",
+        "|---|---:|---:|---:|",
+    ]
     for label, n in shown:
-        lines.append(f"| {label} | {n} | {counts['val'].get(label, 0)} | {counts['test'].get(label, 0)} |")
+        lines.append(
+            f"| {label} | {n} | {counts['val'].get(label, 0)} | {counts['test'].get(label, 0)} |"
+        )
     if len(train) > len(shown):
         lines.append(f"| … {len(train) - len(shown)} more | | | |")
     return lines + [""]
@@ -126,7 +144,8 @@ def _cleaning(s: dict) -> list[str]:
         "",
         f"Cleaning steps: {', '.join(s['cleaning']['steps']) or 'none'}; {s['cleaning']['rows_changed']:,} rows changed.",
         "",
-        f"PII redaction: {', '.join(pii['types']) or 'off'}" + (f"; replaced: {redacted}." if pii["types"] else "."),
+        f"PII redaction: {', '.join(pii['types']) or 'off'}"
+        + (f"; replaced: {redacted}." if pii["types"] else "."),
     ]
 
 

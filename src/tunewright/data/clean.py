@@ -32,7 +32,9 @@ CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]
 CLEAN_STEPS: tuple[CleanStep, ...] = ("unicode", "control", "whitespace", "html", "urls")
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_INVISIBLE = re.compile("[\ufeff\u200b\u2060\u00ad]")  # BOM, zero-width space, word joiner, soft hyphen
+_INVISIBLE = re.compile(
+    "[\ufeff\u200b\u2060\u00ad]"
+)  # BOM, zero-width space, word joiner, soft hyphen
 _TRAILING_SPACE = re.compile(r"[ \t]+(?=\n)")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.DOTALL)
@@ -51,7 +53,9 @@ class Cleaner:
         self.steps = frozenset(steps)
         unknown = self.steps - set(CLEAN_STEPS)
         if unknown:
-            raise ValueError(f"unknown cleaning step(s) {sorted(unknown)}; choose from {CLEAN_STEPS}")
+            raise ValueError(
+                f"unknown cleaning step(s) {sorted(unknown)}; choose from {CLEAN_STEPS}"
+            )
 
     def __bool__(self) -> bool:
         return bool(self.steps)

@@ -86,13 +86,20 @@ class Collector:
         out.sources.append(info)
         yield from self.collect_rows(source.rows(), info, out)
 
-    def collect_rows(self, source_rows: Iterable[Row], info: dict, out: Collected) -> Iterator[list[Example]]:
+    def collect_rows(
+        self, source_rows: Iterable[Row], info: dict, out: Collected
+    ) -> Iterator[list[Example]]:
         """The rows of one source (`info`, whose format is set once detected) as examples, in
         batches of about `BATCH_ROWS`; counts and quarantined rows go to `out` (which the caller
         may empty between batches)."""
         fmt = info["format"]
         rows = 0  # of this call, added to info["rows"] at each yield
-        group_by, columns, clean, redactor = self.dc.group_by, self.dc.columns, self.clean, self.redactor
+        group_by, columns, clean, redactor = (
+            self.dc.group_by,
+            self.dc.columns,
+            self.clean,
+            self.redactor,
+        )
         transform = self._transform if redactor is not None else clean
         # Most chat text is printable ASCII with nothing for any step to do: one regex scan tells.
         quick = _QUICK_SKIP if redactor is None or not redactor.scans_every_text else None
@@ -117,7 +124,9 @@ class Collector:
                 example = normalise(data, row.location)
                 if group_by:
                     meta = {"group": _group_key(data, group_by)}
-                    example = Example(example.messages, example.text, example.label, example.source, meta)
+                    example = Example(
+                        example.messages, example.text, example.label, example.source, meta
+                    )
                 if transform is not None and not (quick is not None and _untouched(example, quick)):
                     cleaned = _map_texts(example, transform)
                     out.rows_cleaned += cleaned is not example
@@ -190,7 +199,10 @@ def _group_key(row: dict, column: str) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RowError(f"field '{column}' (data.group_by): missing", "missing field")
     if isinstance(value, (dict, list)):
-        raise RowError(f"field '{column}' (data.group_by): expected a value, got {type(value).__name__}", "wrong type")
+        raise RowError(
+            f"field '{column}' (data.group_by): expected a value, got {type(value).__name__}",
+            "wrong type",
+        )
     return str(value)
 
 
@@ -214,7 +226,9 @@ def _map_texts(example: Example, fn: Callable[[str], str]) -> Example:
         content = fn(m.content)
         if content != m.content:
             if not content.strip():
-                raise RowError(f"field 'messages[{i}].content': empty after cleaning", "empty content")
+                raise RowError(
+                    f"field 'messages[{i}].content': empty after cleaning", "empty content"
+                )
             changed = changed or list(messages)
             changed[i] = Message(m.role, content, m.weight)
     return example if changed is None else replace(example, messages=tuple(changed))

@@ -212,7 +212,11 @@ class Sketches:
     has_tokens: np.ndarray  # (texts,) bool
 
     def slice(self, start: int, stop: int) -> Sketches:
-        return Sketches(self.digests[16 * start : 16 * stop], self.signatures[start:stop], self.has_tokens[start:stop])
+        return Sketches(
+            self.digests[16 * start : 16 * stop],
+            self.signatures[start:stop],
+            self.has_tokens[start:stop],
+        )
 
 
 class _BandIndex:
@@ -399,7 +403,9 @@ class Deduplicator(Generic[K]):
             rows = start + np.flatnonzero(tokens)
             # low 16 bits only (b-bit MinHash): half the memory, and two different values then
             # agree by chance with p = 2^-16, a negligible bias.
-            signatures[rows] = minhash_signatures(hashes, tokens_per_text[tokens], self._permutations)
+            signatures[rows] = minhash_signatures(
+                hashes, tokens_per_text[tokens], self._permutations
+            )
             start = stop
         return Sketches(digests, signatures, has_tokens)
 
@@ -411,7 +417,9 @@ class Deduplicator(Generic[K]):
         """Decide rows given their keys and `sketch` (of this or an identical Deduplicator)."""
         decisions: list[DedupDecision[K]] = []
         for start in range(0, len(keys), _CHUNK_ROWS):
-            decisions += self._add_chunk(keys[start : start + _CHUNK_ROWS], sketches.slice(start, start + _CHUNK_ROWS))
+            decisions += self._add_chunk(
+                keys[start : start + _CHUNK_ROWS], sketches.slice(start, start + _CHUNK_ROWS)
+            )
         return decisions
 
     def _add_chunk(self, keys: list[K], sketches: Sketches) -> list[DedupDecision[K]]:
@@ -426,7 +434,8 @@ class Deduplicator(Generic[K]):
         is_new = np.zeros(len(keys), bool)
         is_new[new_rows] = True
         duplicates: list[tuple[int, int, bool]] = [  # (row, text id, is exact)
-            (row, text_id, True) for row, text_id in zip(
+            (row, text_id, True)
+            for row, text_id in zip(
                 np.flatnonzero(~is_new).tolist(), text_of_row[~is_new].tolist(), strict=True
             )
         ]
@@ -435,7 +444,9 @@ class Deduplicator(Generic[K]):
         # Pass 2, near: among the texts never seen before.
         near = {}
         if new_rows:
-            near = self._near_duplicates(first_new_id, sketches.signatures[new_rows], sketches.has_tokens[new_rows])
+            near = self._near_duplicates(
+                first_new_id, sketches.signatures[new_rows], sketches.has_tokens[new_rows]
+            )
         for text_id, (head, _) in near.items():
             self._head[text_id] = head
             duplicates.append((new_rows[text_id - first_new_id], text_id, False))
@@ -567,7 +578,9 @@ class Deduplicator(Generic[K]):
         Two different bands then share a key with p = 2^-32: that only adds a candidate, which
         the Jaccard check rejects, and it halves the index.
         """
-        banded = signatures[:, : self._bands * self._rows_per_band].astype(np.uint64)  # 16-bit values
+        banded = signatures[:, : self._bands * self._rows_per_band].astype(
+            np.uint64
+        )  # 16-bit values
         banded = banded.reshape(len(signatures), self._bands, self._rows_per_band)
         mixed = (banded * self._band_mix).sum(axis=2, dtype=np.uint64)
         return (mixed >> np.uint64(32)).astype(np.uint32)

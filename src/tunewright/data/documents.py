@@ -28,7 +28,12 @@ def read_text(path: Path) -> Iterator[Row]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield Row(f"{path}:{line_no}", None, f"invalid UTF-8 at byte {e.start} of the line", "invalid UTF-8")
+                yield Row(
+                    f"{path}:{line_no}",
+                    None,
+                    f"invalid UTF-8 at byte {e.start} of the line",
+                    "invalid UTF-8",
+                )
                 continue
             if not block:
                 start = line_no
@@ -123,7 +128,8 @@ def read_html(path: Path) -> Iterator[Row]:
                 parser.feed(decoder.decode(raw, final=not raw))
             except UnicodeDecodeError as e:
                 yield Row(
-                    f"{path}:{parser.getpos()[0]}", None,
+                    f"{path}:{parser.getpos()[0]}",
+                    None,
                     f"invalid UTF-8 at byte {offset + e.start}; the rest of the file was not read",
                     "invalid UTF-8",
                 )

@@ -52,10 +52,14 @@ class DuplicateFinder:
     def __init__(self, mode: DedupMode, threshold: float) -> None:
         self.mode = mode
         self.result = DedupResult()
-        self.deduplicator: Deduplicator[int] | None = Deduplicator(threshold=threshold) if mode != "off" else None
+        self.deduplicator: Deduplicator[int] | None = (
+            Deduplicator(threshold=threshold) if mode != "off" else None
+        )
         self._next_id = 0
 
-    def keep(self, count: int, sketches: Sketches | None, source_of: Callable[[int], str]) -> list[bool]:
+    def keep(
+        self, count: int, sketches: Sketches | None, source_of: Callable[[int], str]
+    ) -> list[bool]:
         """Number the next `count` examples and decide each: False if it leaves the data.
 
         `sketches` are the examples' `Deduplicator.sketch` (None when deduplication is off);
@@ -67,7 +71,9 @@ class DuplicateFinder:
         if self.deduplicator is None or not count:
             return keep
         result, mode = self.result, self.mode
-        for k, decision in enumerate(self.deduplicator.add_sketched(list(range(first, first + count)), sketches)):
+        for k, decision in enumerate(
+            self.deduplicator.add_sketched(list(range(first, first + count)), sketches)
+        ):
             if decision.kind == "keep":
                 continue
             i = first + k

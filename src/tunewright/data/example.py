@@ -68,7 +68,9 @@ class Example:
     @classmethod
     def from_json(cls, row: dict) -> Example:
         return cls(
-            messages=tuple(Message(m["role"], m["content"], m.get("weight")) for m in row.get("messages", ())),
+            messages=tuple(
+                Message(m["role"], m["content"], m.get("weight")) for m in row.get("messages", ())
+            ),
             text=row.get("text"),
             label=row.get("label"),
             source=row.get("source", ""),

@@ -55,15 +55,20 @@ def check_turns(messages: list[Message] | tuple[Message, ...], field: str) -> tu
             raise RowError(f"field '{field}[{i}].content': empty", "empty content")
         if m.role == "system":
             if i != 0:
-                raise RowError(f"field '{field}[{i}].role': 'system' is only allowed first", "roles out of order")
+                raise RowError(
+                    f"field '{field}[{i}].role': 'system' is only allowed first",
+                    "roles out of order",
+                )
             continue
         if previous is None and m.role != "user":
             raise RowError(
-                f"field '{field}': the first non-system turn must be 'user', got '{m.role}'", "roles out of order"
+                f"field '{field}': the first non-system turn must be 'user', got '{m.role}'",
+                "roles out of order",
             )
         if m.role == previous:
             raise RowError(
-                f"field '{field}': two '{m.role}' turns in a row (roles must alternate)", "roles out of order"
+                f"field '{field}': two '{m.role}' turns in a row (roles must alternate)",
+                "roles out of order",
             )
         previous = m.role
     if not any(m.role == "assistant" for m in messages):
@@ -87,7 +92,9 @@ def _messages(row: dict, source: str = "") -> Example:
     previous = None  # role of the previous non-system turn
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
-            raise RowError(f"field 'messages[{i}]': expected an object, got {_type_name(m)}", "wrong type")
+            raise RowError(
+                f"field 'messages[{i}]': expected an object, got {_type_name(m)}", "wrong type"
+            )
         try:
             role = _ROLE[m["role"]]
         except (KeyError, TypeError):  # missing, unknown, or unhashable (a list)
@@ -98,12 +105,16 @@ def _messages(row: dict, source: str = "") -> Example:
         content = m.get("content")
         if not isinstance(content, str):
             raise RowError(
-                f"field 'messages[{i}].content': expected text, got {_type_name(content)}", "wrong type"
+                f"field 'messages[{i}].content': expected text, got {_type_name(content)}",
+                "wrong type",
             )
         weight = m.get("weight")
         if weight is not None:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-                raise RowError(f"field 'messages[{i}].weight': expected a number >= 0, got {weight!r}", "wrong type")
+                raise RowError(
+                    f"field 'messages[{i}].weight': expected a number >= 0, got {weight!r}",
+                    "wrong type",
+                )
             weight = float(weight)
         out.append(Message(role, content, weight))
         if turn_error is None:
@@ -111,13 +122,20 @@ def _messages(row: dict, source: str = "") -> Example:
                 turn_error = (f"field 'messages[{i}].content': empty", "empty content")
             elif role == "system":
                 if i:
-                    turn_error = (f"field 'messages[{i}].role': 'system' is only allowed first", "roles out of order")
+                    turn_error = (
+                        f"field 'messages[{i}].role': 'system' is only allowed first",
+                        "roles out of order",
+                    )
             elif previous is None and role != "user":
                 turn_error = (
-                    f"field 'messages': the first non-system turn must be 'user', got '{role}'", "roles out of order"
+                    f"field 'messages': the first non-system turn must be 'user', got '{role}'",
+                    "roles out of order",
                 )
             elif role == previous:
-                turn_error = (f"field 'messages': two '{role}' turns in a row (roles must alternate)", "roles out of order")
+                turn_error = (
+                    f"field 'messages': two '{role}' turns in a row (roles must alternate)",
+                    "roles out of order",
+                )
             else:
                 previous = role
     if turn_error is not None:
@@ -127,7 +145,13 @@ def _messages(row: dict, source: str = "") -> Example:
     return Example(tuple(out), None, None, source)
 
 
-_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
 
 
 def _sharegpt(row: dict, source: str = "") -> Example:
@@ -135,11 +159,15 @@ def _sharegpt(row: dict, source: str = "") -> Example:
     if raw is None:
         raise _missing("conversations")
     if not isinstance(raw, list):
-        raise RowError(f"field 'conversations': expected a list, got {_type_name(raw)}", "wrong type")
+        raise RowError(
+            f"field 'conversations': expected a list, got {_type_name(raw)}", "wrong type"
+        )
     out = []
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
-            raise RowError(f"field 'conversations[{i}]': expected an object, got {_type_name(m)}", "wrong type")
+            raise RowError(
+                f"field 'conversations[{i}]': expected an object, got {_type_name(m)}", "wrong type"
+            )
         speaker = m.get("from")
         if not isinstance(speaker, str) or speaker not in _SHAREGPT_ROLES:
             raise RowError(
@@ -149,7 +177,8 @@ def _sharegpt(row: dict, source: str = "") -> Example:
         value = m.get("value")
         if not isinstance(value, str):
             raise RowError(
-                f"field 'conversations[{i}].value': expected text, got {_type_name(value)}", "wrong type"
+                f"field 'conversations[{i}].value': expected text, got {_type_name(value)}",
+                "wrong type",
             )
         out.append(Message(_SHAREGPT_ROLES[speaker], value))
     return Example(messages=check_turns(out, "conversations"), source=source)
@@ -158,7 +187,9 @@ def _sharegpt(row: dict, source: str = "") -> Example:
 def _prompt_completion(row: dict, source: str = "") -> Example:
     prompt = _text_field(row, "prompt")
     completion = _text_field(row, "completion")
-    return Example(messages=(Message("user", prompt), Message("assistant", completion)), source=source)
+    return Example(
+        messages=(Message("user", prompt), Message("assistant", completion)), source=source
+    )
 
 
 def _alpaca(row: dict, source: str = "") -> Example:
@@ -176,7 +207,9 @@ def _text(row: dict, source: str = "") -> Example:
 def _text_label(row: dict, source: str = "") -> Example:
     text = _text_field(row, "text")
     label = _text_field(row, "label").strip()
-    return Example(messages=(Message("user", text), Message("assistant", label)), label=label, source=source)
+    return Example(
+        messages=(Message("user", text), Message("assistant", label)), label=label, source=source
+    )
 
 
 # Each takes a row (a dict) and its `file:line`, and returns the example or raises RowError.

@@ -52,7 +52,12 @@ def eos_trained(chat: ChatTokenizer, encoded: TokenizedExample) -> bool:
 
 
 def inspect_examples(
-    chat: ChatTokenizer, examples: list[Example], console: Console, *, show: int = 3, check: int = 1000
+    chat: ChatTokenizer,
+    examples: list[Example],
+    console: Console,
+    *,
+    show: int = 3,
+    check: int = 1000,
 ) -> InspectReport:
     """Print the first `show` examples tokenised, and check the EOS token on the first `check`."""
     eos = chat.tokenizer.eos_token
@@ -62,7 +67,10 @@ def inspect_examples(
         encoded = chat.encode_example(example)
         if k < show:
             trained = encoded.num_trained_tokens
-            console.rule(f"{example.source}  ·  {len(encoded.input_ids)} tokens, {trained} trained", style="dim")
+            console.rule(
+                f"{example.source}  ·  {len(encoded.input_ids)} tokens, {trained} trained",
+                style="dim",
+            )
             console.print(render_tokens(chat, encoded))
         if example.is_chat and k < check:
             checked += 1
@@ -70,16 +78,22 @@ def inspect_examples(
                 untrained.append(example.source)
     report = InspectReport(min(show, len(examples)), checked, untrained, eos)
     console.rule(style="dim")
-    console.print(Text.assemble(("dimmed: not trained", "dim"), "   ", ("bold: trained", "bold green")))
+    console.print(
+        Text.assemble(("dimmed: not trained", "dim"), "   ", ("bold: trained", "bold green"))
+    )
     if checked == 0:
         console.print("no chat examples: the EOS check applies to chat data only")
     elif eos is None:
-        console.print("[bold red]✗ the tokenizer has no EOS token: the model cannot learn to stop[/]")
+        console.print(
+            "[bold red]✗ the tokenizer has no EOS token: the model cannot learn to stop[/]"
+        )
     elif untrained:
         console.print(
             f"[bold red]✗ the end-of-turn token {eos!r} is NOT trained in {len(untrained)} of {checked} "
             f"examples[/] (first: {untrained[0]}): the model will not learn to stop answering"
         )
     else:
-        console.print(f"[bold green]✓[/] the end-of-turn token {eos!r} is trained in all {checked} checked examples")
+        console.print(
+            f"[bold green]✓[/] the end-of-turn token {eos!r} is trained in all {checked} checked examples"
+        )
     return report

@@ -79,7 +79,9 @@ class PreparedDataset:
         self.labels = labels
         self.summary = summary if summary is not None else {}
         given = {"train": train, "val": val, "test": test}
-        self._splits: dict[str, list[Example]] = {name: split for name, split in given.items() if split is not None}
+        self._splits: dict[str, list[Example]] = {
+            name: split for name, split in given.items() if split is not None
+        }
 
     @property
     def train(self) -> list[Example]:
@@ -98,7 +100,9 @@ class PreparedDataset:
             raise KeyError(name)
         if name not in self._splits:
             path = self.folder / f"{name}.parquet"
-            self._splits[name] = read_split(path if path.is_file() else self.folder / f"{name}.jsonl")
+            self._splits[name] = read_split(
+                path if path.is_file() else self.folder / f"{name}.jsonl"
+            )
         return self._splits[name]
 
 
@@ -138,10 +142,14 @@ class _SplitKeys:
 
     def add(self, labels: list[str | None], groups: list[str] | None) -> None:
         codes = self.label_code
-        self._labels.extend([-1 if label is None else codes.setdefault(label, len(codes)) for label in labels])
+        self._labels.extend(
+            [-1 if label is None else codes.setdefault(label, len(codes)) for label in labels]
+        )
         if self.group_code is not None:
             group_codes = self.group_code
-            self._groups.extend([group_codes.setdefault(group, len(group_codes)) for group in groups or ()])
+            self._groups.extend(
+                [group_codes.setdefault(group, len(group_codes)) for group in groups or ()]
+            )
 
     def labels(self) -> np.ndarray:
         return np.frombuffer(self._labels, np.int32) if len(self._labels) else np.zeros(0, np.int32)
@@ -164,7 +172,13 @@ class _SplitKeys:
 
 
 def _prepare(
-    cfg: RunConfig, strict: bool, console: Console, tokens: bool, folder: Path, spool: Spool, quarantine: QuarantineLog
+    cfg: RunConfig,
+    strict: bool,
+    console: Console,
+    tokens: bool,
+    folder: Path,
+    spool: Spool,
+    quarantine: QuarantineLog,
 ) -> PreparedDataset:
     dc = cfg.data
     tokenizer = cache(lambda: load_tokenizer(cfg))
@@ -179,11 +193,19 @@ def _prepare(
     # Pass 2: split (reading back only the examples whose token length must be checked).
     units = order_streams(pool_ids, held_ids, dc, labels=keys.label_ranks(), groups=keys.groups())
     meter = _token_meter(cfg, tokenizer()) if tokens else None
-    ids = _split_with_token_check(units, dc, meter, spool, quarantine, strict) if meter else take_splits(*units, dc, None)
+    ids = (
+        _split_with_token_check(units, dc, meter, spool, quarantine, strict)
+        if meter
+        else take_splits(*units, dc, None)
+    )
     if not len(ids.train):
         last = quarantine.last
-        why = f"last problem: {last.location}: {last.reason}" if last else (
-            f"all {len(pool_ids)} usable row(s) went to validation and test; add rows or lower the fractions"
+        why = (
+            f"last problem: {last.location}: {last.reason}"
+            if last
+            else (
+                f"all {len(pool_ids)} usable row(s) went to validation and test; add rows or lower the fractions"
+            )
         )
         raise DataError(f"no usable training rows: {why}")
     split_code = np.full(parked.examples, -1, np.int8)
@@ -197,7 +219,10 @@ def _prepare(
     members = [i for cluster in duplicates.clusters for i in cluster]
     split_of = {i: SPLITS[split_code[i]] for i in members if split_code[i] >= 0}
     leaks = find_leaks(duplicates.clusters, split_of)
-    source_of = {**duplicates.sources, **_spooled_sources(spool, [c[0] for c in duplicates.clusters])}
+    source_of = {
+        **duplicates.sources,
+        **_spooled_sources(spool, [c[0] for c in duplicates.clusters]),
+    }
 
     labels, label_counts = _label_summary(keys, ids)
     rows_in = held.rows_read + pool.rows_read + held.chunks_added + pool.chunks_added
@@ -213,12 +238,20 @@ def _prepare(
         "labels": labels,
         "label_counts": label_counts,
         "duplicates": {
-            "mode": dc.dedup, "threshold": dc.dedup_threshold, "found": dict(duplicates.found),
+            "mode": dc.dedup,
+            "threshold": dc.dedup_threshold,
+            "found": dict(duplicates.found),
             "clusters": len(duplicates.clusters),
         },
         "leakage": _leakage_summary(leaks, source_of, dc.dedup),
-        "cleaning": {"steps": list(dc.clean), "rows_changed": held.rows_cleaned + pool.rows_cleaned},
-        "pii": {"types": list(dc.pii_redact) + list(dc.pii_patterns), "redacted": _merged(held.pii, pool.pii)},
+        "cleaning": {
+            "steps": list(dc.clean),
+            "rows_changed": held.rows_cleaned + pool.rows_cleaned,
+        },
+        "pii": {
+            "types": list(dc.pii_redact) + list(dc.pii_patterns),
+            "redacted": _merged(held.pii, pool.pii),
+        },
         "tokens": meter.summary() if meter else None,
         "sources": held.sources + pool.sources,
         "skipped_files": held.skipped_files + pool.skipped_files,
@@ -244,7 +277,9 @@ class _Parked:
     keys: _SplitKeys
 
 
-def _collect_and_deduplicate(cfg: RunConfig, strict: bool, tokenizer, spool: Spool, quarantine: QuarantineLog) -> _Parked:
+def _collect_and_deduplicate(
+    cfg: RunConfig, strict: bool, tokenizer, spool: Spool, quarantine: QuarantineLog
+) -> _Parked:
     """Pass 1, streaming: collect (in worker processes for large JSONL files), deduplicate, and
     park the kept examples in the spool; test files first, so a training row that repeats a
     test row is the one removed."""
@@ -256,7 +291,9 @@ def _collect_and_deduplicate(cfg: RunConfig, strict: bool, tokenizer, spool: Spo
     next_id = batches_done = 0
     for collected, paths in ((held, dc.test_files), (pool, dc.train_files)):
         part: list[np.ndarray] = []
-        for batch in make_batches(cfg, strict, [cfg.resolve_path(p) for p in paths], collected, tokenizer):
+        for batch in make_batches(
+            cfg, strict, [cfg.resolve_path(p) for p in paths], collected, tokenizer
+        ):
             collected.rows_read += batch.rows_read
             collected.rows_cleaned += batch.rows_cleaned
             collected.chunks_added += batch.chunks_added
@@ -315,7 +352,9 @@ def _split_with_token_check(
         if isinstance(result, Quarantined):
             quarantine.append(result)
             if strict:
-                raise DataError(f"{result.location}: {result.reason} (strict mode: stopping at the first bad row)")
+                raise DataError(
+                    f"{result.location}: {result.reason} (strict mode: stopping at the first bad row)"
+                )
             return False
         meter.record(split, *result)
         return True
@@ -373,7 +412,13 @@ def _spooled_sources(spool: Spool, ids: list[int]) -> dict[int, str]:
         mask = np.isin(table.column("id").to_numpy(), wanted)
         if mask.any():
             picked = table.filter(mask)
-            sources.update(zip(picked.column("id").to_pylist(), picked.column("source").to_pylist(), strict=True))
+            sources.update(
+                zip(
+                    picked.column("id").to_pylist(),
+                    picked.column("source").to_pylist(),
+                    strict=True,
+                )
+            )
     return sources
 
 
@@ -390,7 +435,9 @@ def _label_summary(keys: _SplitKeys, ids: SplitIds) -> tuple[list[str] | None, d
     counts = {}
     for name in SPLITS:
         found, n = np.unique(codes[getattr(ids, name)], return_counts=True)
-        pairs = sorted(zip(n.tolist(), (names[c] for c in found.tolist())), key=lambda p: (-p[0], p[1]))
+        pairs = sorted(
+            zip(n.tolist(), (names[c] for c in found.tolist())), key=lambda p: (-p[0], p[1])
+        )
         counts[name] = {label: count for count, label in pairs}
     return labels, counts
 
@@ -414,7 +461,11 @@ def _leakage_summary(leaks, source_of: dict[int, str], mode: str) -> dict:
         "val": sum(leak.split == "val" for leak in leaks),
         "test": sum(leak.split == "test" for leak in leaks),
         "examples": [
-            {"split": leak.split, "source": source_of[leak.example], "train_source": source_of[leak.train_example]}
+            {
+                "split": leak.split,
+                "source": source_of[leak.example],
+                "train_source": source_of[leak.train_example],
+            }
             for leak in leaks[:_LEAKS_LISTED]
         ],
     }
@@ -425,7 +476,11 @@ def _duplicate_rows(duplicates: DedupResult, source_of: dict[int, str]) -> Itera
         yield {
             "kept": source_of[cluster[0]],
             "duplicates": [
-                {"source": source_of[i], "jaccard": round(duplicates.jaccard[i], 3), "removed": i in duplicates.removed}
+                {
+                    "source": source_of[i],
+                    "jaccard": round(duplicates.jaccard[i], 3),
+                    "removed": i in duplicates.removed,
+                }
                 for i in cluster[1:]
             ],
         }
@@ -446,9 +501,16 @@ def _write_folder(folder: Path, cfg: RunConfig, summary: dict, collected: list[C
 def _manifest(cfg: RunConfig, folder: Path, source_paths: list[str]) -> dict:
     """Content hashes: inputs (file bytes, in reading order), config (the data settings and the
     model whose tokenizer measured lengths) and outputs; `hash` combines the three."""
-    inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for s in source_paths for p in files_under(Path(s))]
+    inputs = [
+        {"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for s in source_paths
+        for p in files_under(Path(s))
+    ]
     config = {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.name}
-    outputs = {name: sha256_file(folder / name) for name in [*(f"{s}.parquet" for s in SPLITS), "quarantine.jsonl", "duplicates.jsonl"]}
+    outputs = {
+        name: sha256_file(folder / name)
+        for name in [*(f"{s}.parquet" for s in SPLITS), "quarantine.jsonl", "duplicates.jsonl"]
+    }
     hashes = {
         "inputs": _sha256_text("".join(f["sha256"] for f in inputs)),
         "config": _sha256_text(json.dumps(config, sort_keys=True)),
@@ -471,9 +533,13 @@ def _report(console: Console, folder: Path, summary: dict, quarantine: Quarantin
         if "note" in source:
             console.print(f"[yellow]note:[/] {escape(source['path'])}: {escape(source['note'])}")
     if summary["skipped_files"]:
-        console.print(f"[yellow]{len(summary['skipped_files'])} file(s) skipped[/] (no reader): {escape(', '.join(summary['skipped_files'][:5]))}")
+        console.print(
+            f"[yellow]{len(summary['skipped_files'])} file(s) skipped[/] (no reader): {escape(', '.join(summary['skipped_files'][:5]))}"
+        )
     if quarantine:
-        console.print(f"[yellow]{len(quarantine)} row(s) quarantined[/] (see {escape(str(folder / 'quarantine.jsonl'))}):")
+        console.print(
+            f"[yellow]{len(quarantine)} row(s) quarantined[/] (see {escape(str(folder / 'quarantine.jsonl'))}):"
+        )
         for q in quarantine.first:
             console.print(f"  {escape(q.location)}: {escape(q.reason)}")
     found = summary["duplicates"]["found"]
@@ -494,6 +560,8 @@ def _report(console: Console, folder: Path, summary: dict, quarantine: Quarantin
 def load_prepared(folder: Path) -> PreparedDataset:
     """Open a dataset folder written by `prepare` (its splits are read on first use)."""
     if not (folder / "summary.json").is_file():
-        raise DataError(f"{folder} is not a prepared dataset (no summary.json); run `tunewright prepare` first")
+        raise DataError(
+            f"{folder} is not a prepared dataset (no summary.json); run `tunewright prepare` first"
+        )
     summary = json.loads((folder / "summary.json").read_text())
     return PreparedDataset(folder, labels=summary["labels"], summary=summary)

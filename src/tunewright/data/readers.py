@@ -54,7 +54,12 @@ def jsonl_rows(lines: Iterable[bytes], prefix: str, first_line: int) -> Iterator
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield Row(f"{prefix}{line_no}", None, f"invalid UTF-8 at byte {e.start} of the line", "invalid UTF-8")
+            yield Row(
+                f"{prefix}{line_no}",
+                None,
+                f"invalid UTF-8 at byte {e.start} of the line",
+                "invalid UTF-8",
+            )
             continue
         # The C scanner straight away (json.loads adds two Python calls a line); anything but
         # one value then blank space goes through json.loads for its exact error.
@@ -68,10 +73,20 @@ def jsonl_rows(lines: Iterable[bytes], prefix: str, first_line: int) -> Iterator
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as e:
-                yield Row(f"{prefix}{line_no}", None, f"broken JSON: {e.msg} at column {e.colno}", "broken JSON")
+                yield Row(
+                    f"{prefix}{line_no}",
+                    None,
+                    f"broken JSON: {e.msg} at column {e.colno}",
+                    "broken JSON",
+                )
                 continue
         if type(value) is not dict:
-            yield Row(f"{prefix}{line_no}", None, f"expected a JSON object, got {_json_type(value)}", "not an object")
+            yield Row(
+                f"{prefix}{line_no}",
+                None,
+                f"expected a JSON object, got {_json_type(value)}",
+                "not an object",
+            )
             continue
         yield Row(f"{prefix}{line_no}", value)
 
@@ -187,7 +202,9 @@ def _json_items(window: _JsonWindow, path: Path, split: str) -> Iterator[Row]:
         elif isinstance(value, dict):
             yield Row(loc, value)
         else:
-            yield Row(loc, None, f"expected a JSON object, got {_json_type(value)}", "not an object")
+            yield Row(
+                loc, None, f"expected a JSON object, got {_json_type(value)}", "not an object"
+            )
         index += 1
         if window.take("]"):
             return
@@ -267,7 +284,9 @@ def _csv_records(reader, header: list[str], path: Path, bad_lines: set[int]) -> 
         if any(line in bad_lines for line in spanned):
             yield Row(loc, None, "invalid UTF-8 in this row", "invalid UTF-8")
         elif len(record) != len(header):
-            yield Row(loc, None, f"{len(record)} fields, the header has {len(header)}", "broken CSV")
+            yield Row(
+                loc, None, f"{len(record)} fields, the header has {len(header)}", "broken CSV"
+            )
         else:
             yield Row(loc, dict(zip(header, record)))
 
@@ -297,7 +316,9 @@ def read_arrow_dataset(folder: Path) -> Iterator[Row]:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         shards = [folder / entry["filename"] for entry in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{folder}: not a readable `save_to_disk` dataset (state.json: {e})") from None
+        raise DataError(
+            f"{folder}: not a readable `save_to_disk` dataset (state.json: {e})"
+        ) from None
     return _record_rows(folder, _arrow_batches(shards))
 
 

@@ -80,7 +80,9 @@ def expand(path: Path) -> Expanded:
                 continue  # `data/*` names the files; a folder match is not a request to recurse
             _extend(out, _expand_existing(match, explicit=False))
         if not out.sources:
-            raise DataError(f"data path {path}: the pattern matches no supported files ({_suffixes()})")
+            raise DataError(
+                f"data path {path}: the pattern matches no supported files ({_suffixes()})"
+            )
         return out
     if not path.exists():
         raise DataError(f"data file not found: {path}")

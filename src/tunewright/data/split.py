@@ -41,7 +41,8 @@ class SplitIds:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SplitIds) and all(
-            np.array_equal(getattr(self, name), getattr(other, name)) for name in ("train", "val", "test")
+            np.array_equal(getattr(self, name), getattr(other, name))
+            for name in ("train", "val", "test")
         )
 
 
@@ -104,13 +105,19 @@ def order_units(
     ids = np.asarray(ids, np.int64)
     if how == "group":
         if groups is None:
-            raise DataError("data.split is 'group' but no group values were collected; set data.group_by")
+            raise DataError(
+                "data.split is 'group' but no group values were collected; set data.group_by"
+            )
         codes = groups[ids]
         distinct, group_of = np.unique(codes, return_inverse=True)
         rank = rng.permutation(len(distinct))[group_of]  # each group's place in the shuffle
         order = np.lexsort((ids, rank))
         ranked = rank[order]
-        starts = np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1]))) if len(ids) else ranked
+        starts = (
+            np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1])))
+            if len(ids)
+            else ranked
+        )
         return Units(ids[order], starts)
     if how == "stratified":
         if labels is None or (len(ids) and labels[ids].min() < 0):
@@ -160,7 +167,9 @@ def order_streams(
     return pool_units, held_units
 
 
-def take_splits(pool_units: Units, held_units: Units, dc: DataConfig, accept: Accept | None) -> SplitIds:
+def take_splits(
+    pool_units: Units, held_units: Units, dc: DataConfig, accept: Accept | None
+) -> SplitIds:
     """Fill the test, validation and train quotas from the ordered streams."""
     stream = _Stream(pool_units)
     max_test = dc.max_test_examples or math.inf

@@ -88,16 +88,24 @@ def _table(examples: list[Example], schema):
         has_messages.append(bool(e.messages))
     message_type = schema.field("messages").type
     messages = pa.StructArray.from_arrays(
-        [pa.array(roles, pa.string()), pa.array(contents, pa.string()), pa.array(weights, pa.float64())],
+        [
+            pa.array(roles, pa.string()),
+            pa.array(contents, pa.string()),
+            pa.array(weights, pa.float64()),
+        ],
         fields=list(message_type.value_type),
     )
     mask = pa.array([not has for has in has_messages], pa.bool_())  # raw texts: null, not []
     columns = [
         pa.array([e.source for e in examples], pa.string()),
-        pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), messages, type=message_type, mask=mask),
+        pa.ListArray.from_arrays(
+            pa.array(offsets, pa.int32()), messages, type=message_type, mask=mask
+        ),
         pa.array([e.text for e in examples], pa.string()),
         pa.array([e.label for e in examples], pa.string()),
-        pa.array([json.dumps(e.meta, sort_keys=True) if e.meta else None for e in examples], pa.string()),
+        pa.array(
+            [json.dumps(e.meta, sort_keys=True) if e.meta else None for e in examples], pa.string()
+        ),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -149,7 +157,9 @@ class SplitWriter:
         # rows arrived, and the content hash is reproducible.
         cut = table.num_rows if final else table.num_rows - table.num_rows % _BATCH_ROWS
         if cut or final:
-            self._writer.write_table(table.slice(0, cut).combine_chunks(), row_group_size=_BATCH_ROWS)
+            self._writer.write_table(
+                table.slice(0, cut).combine_chunks(), row_group_size=_BATCH_ROWS
+            )
         rest = table.slice(cut)
         self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
@@ -218,7 +228,9 @@ class Spool:
 def _examples(table) -> list[Example]:
     examples = []
     for row in table.to_pylist():
-        messages = tuple(Message(m["role"], m["content"], m["weight"]) for m in row["messages"] or ())
+        messages = tuple(
+            Message(m["role"], m["content"], m["weight"]) for m in row["messages"] or ()
+        )
         meta = json.loads(row["meta"]) if row["meta"] else {}
         examples.append(Example(messages, row["text"], row["label"], row["source"], meta))
     return examples

@@ -50,7 +50,8 @@ class TokenMeter:
             length += tokenizer.eos_token_id is not None
             if length > self.chat.max_seq_len:
                 raise RowError(
-                    f"{length} tokens, over data.max_seq_len={self.chat.max_seq_len}", "over the token limit"
+                    f"{length} tokens, over data.max_seq_len={self.chat.max_seq_len}",
+                    "over the token limit",
                 )
             trained = length
         return length, trained
@@ -70,10 +71,17 @@ class TokenMeter:
                 "p95_length": int(np.percentile(values, 95)) if len(values) else 0,
                 "max_length": int(values.max()) if len(values) else 0,
             }
-        everything = np.concatenate([np.asarray(v, dtype=np.int64) for v in self.lengths.values()] or [np.zeros(0)])
-        counts, edges = np.histogram(everything, bins=HISTOGRAM_BINS, range=(0, self.chat.max_seq_len))
+        everything = np.concatenate(
+            [np.asarray(v, dtype=np.int64) for v in self.lengths.values()] or [np.zeros(0)]
+        )
+        counts, edges = np.histogram(
+            everything, bins=HISTOGRAM_BINS, range=(0, self.chat.max_seq_len)
+        )
         return {
             "max_seq_len": self.chat.max_seq_len,
             "splits": per_split,
-            "histogram": {"bin_edges": [round(float(e), 1) for e in edges], "counts": counts.tolist()},
+            "histogram": {
+                "bin_edges": [round(float(e), 1) for e in edges],
+                "counts": counts.tolist(),
+            },
         }

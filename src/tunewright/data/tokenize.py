@@ -36,9 +36,13 @@ class TokenizedExample:
 class ChatTokenizer:
     """Turns `Example`s into token ids with a training mask, and prompts into generation inputs."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, max_seq_len: int):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None, max_seq_len: int
+    ):
         if tokenizer.chat_template is None:
-            raise DataError("the model's tokenizer has no chat template; use raw-text data or a chat model")
+            raise DataError(
+                "the model's tokenizer has no chat template; use raw-text data or a chat model"
+            )
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.max_seq_len = max_seq_len
@@ -94,14 +98,16 @@ class ChatTokenizer:
                 ids = ids + [self.tokenizer.eos_token_id]
             return TokenizedExample(ids[: self.max_seq_len], list(ids[: self.max_seq_len]))
         chat = self._with_system(example.messages)
-        for m, src in zip(chat[-len(example.messages):], example.messages):
+        for m, src in zip(chat[-len(example.messages) :], example.messages):
             if src.weight is not None:
                 m["weight"] = src.weight
         full, spans = self.trained_spans([dict(m) for m in chat])
         encoded = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         if len(ids) > self.max_seq_len:
-            raise TooLongError(f"{example.source}: {len(ids)} tokens, over data.max_seq_len={self.max_seq_len}")
+            raise TooLongError(
+                f"{example.source}: {len(ids)} tokens, over data.max_seq_len={self.max_seq_len}"
+            )
         labels = [IGNORE_INDEX] * len(ids)
         weights = [0.0] * len(ids)
         for t, (start, _end) in enumerate(offsets):

@@ -28,8 +28,12 @@ def right_flags(task: str, per_example: Sequence[float]) -> list[bool]:
 
 
 def paired_comparison(
-    task: str, metric: str, baseline: Sequence[float], candidate: Sequence[float],
-    baseline_right: Sequence[bool], candidate_right: Sequence[bool],
+    task: str,
+    metric: str,
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    baseline_right: Sequence[bool],
+    candidate_right: Sequence[bool],
 ) -> dict:
     """Candidate minus baseline on the same examples: delta, its 95% interval and p-values.
 
@@ -37,8 +41,14 @@ def paired_comparison(
     disagreements), the paired bootstrap's for continuous scores.
     """
     paired = paired_bootstrap(np.asarray(baseline, dtype=float), np.asarray(candidate, dtype=float))
-    out = {"metric": metric, "delta": paired.delta, "low": paired.low, "high": paired.high,
-           "p_value_bootstrap": paired.p_value, "p_value": paired.p_value}
+    out = {
+        "metric": metric,
+        "delta": paired.delta,
+        "low": paired.low,
+        "high": paired.high,
+        "p_value_bootstrap": paired.p_value,
+        "p_value": paired.p_value,
+    }
     test = mcnemar(np.asarray(baseline_right, dtype=bool), np.asarray(candidate_right, dtype=bool))
     out |= {"candidate_right_baseline_wrong": test.c, "baseline_right_candidate_wrong": test.b}
     if task == "classification":
@@ -47,7 +57,9 @@ def paired_comparison(
 
 
 def paired_macro_f1(
-    baseline_preds: Sequence[str | None], candidate_preds: Sequence[str | None], refs: Sequence[str],
+    baseline_preds: Sequence[str | None],
+    candidate_preds: Sequence[str | None],
+    refs: Sequence[str],
     labels: Sequence[str],
 ) -> dict:
     """Candidate minus baseline macro-F1 on the same examples: delta, 95% interval, bootstrap p.
@@ -59,9 +71,18 @@ def paired_macro_f1(
     cand_codes, _ = encode_labels(candidate_preds, refs, labels)
     k = len(labels)
     paired = paired_bootstrap_fn(
-        len(refs), lambda i: macro_f1_from_codes(cand_codes[i], ref_codes[i], k) - macro_f1_from_codes(base_codes[i], ref_codes[i], k)
+        len(refs),
+        lambda i: (
+            macro_f1_from_codes(cand_codes[i], ref_codes[i], k)
+            - macro_f1_from_codes(base_codes[i], ref_codes[i], k)
+        ),
     )
-    return {"delta": paired.delta, "low": paired.low, "high": paired.high, "p_value": paired.p_value}
+    return {
+        "delta": paired.delta,
+        "low": paired.low,
+        "high": paired.high,
+        "p_value": paired.p_value,
+    }
 
 
 def strongest(values: dict[str, float]) -> str | None:
@@ -71,8 +92,12 @@ def strongest(values: dict[str, float]) -> str | None:
 
 def outcomes(tuned_right: Sequence[bool], base_right: Sequence[bool]) -> list[str]:
     """Per example: tuned_won, tuned_lost, both_right or both_wrong against one base variant."""
-    table = {(True, False): "tuned_won", (False, True): "tuned_lost", (True, True): "both_right",
-             (False, False): "both_wrong"}
+    table = {
+        (True, False): "tuned_won",
+        (False, True): "tuned_lost",
+        (True, True): "both_right",
+        (False, False): "both_wrong",
+    }
     return [table[(bool(t), bool(b))] for t, b in zip(tuned_right, base_right, strict=True)]
 
 

@@ -50,17 +50,31 @@ def answer_general(model, tokenizer, *, batch_size: int) -> list[str]:
     """Greedy answers of one model to every general question, in set order."""
     chat = ChatTokenizer(tokenizer, None, _MAX_PROMPT_TOKENS)
     prompts = [chat.encode_prompt((Message("user", item.prompt),)) for item in general_set()]
-    return [g.text for g in generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS,
-                                     batch_size=batch_size)]
+    return [
+        g.text
+        for g in generate(
+            model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size
+        )
+    ]
 
 
 def forgetting_summary(base_answers: list[str], tuned_answers: list[str]) -> dict:
     """Accuracy of each model, the paired test of tuned vs base, and one sentence about it."""
     items = general_set()
-    base_right = [contains_reference(a, item.answers) for a, item in zip(base_answers, items, strict=True)]
-    tuned_right = [contains_reference(a, item.answers) for a, item in zip(tuned_answers, items, strict=True)]
-    test = paired_comparison("classification", "general_accuracy", [float(r) for r in base_right],
-                             [float(r) for r in tuned_right], base_right, tuned_right)
+    base_right = [
+        contains_reference(a, item.answers) for a, item in zip(base_answers, items, strict=True)
+    ]
+    tuned_right = [
+        contains_reference(a, item.answers) for a, item in zip(tuned_answers, items, strict=True)
+    ]
+    test = paired_comparison(
+        "classification",
+        "general_accuracy",
+        [float(r) for r in base_right],
+        [float(r) for r in tuned_right],
+        base_right,
+        tuned_right,
+    )
     base_acc, tuned_acc = sum(base_right) / len(items), sum(tuned_right) / len(items)
     if test["p_value"] < 0.05 and test["delta"] < 0:
         sentence = f"General answers got worse by {-test['delta'] * 100:.1f} pts (p = {test['p_value']:.2g})"
@@ -69,8 +83,21 @@ def forgetting_summary(base_answers: list[str], tuned_answers: list[str]) -> dic
     else:
         sentence = f"No significant loss on general questions (p = {test['p_value']:.2g})"
     sentence += f": base {base_right.count(True)}/{len(items)}, tuned {tuned_right.count(True)}/{len(items)} right."
-    rows = [{"id": item.id, "prompt": item.prompt, "answers": list(item.answers),
-             "base": {"answer": b, "right": br}, "tuned": {"answer": t, "right": tr}}
-            for item, b, t, br, tr in zip(items, base_answers, tuned_answers, base_right, tuned_right)]
-    return {"n": len(items), "base_accuracy": base_acc, "tuned_accuracy": tuned_acc, "test": test,
-            "sentence": sentence, "rows": rows}
+    rows = [
+        {
+            "id": item.id,
+            "prompt": item.prompt,
+            "answers": list(item.answers),
+            "base": {"answer": b, "right": br},
+            "tuned": {"answer": t, "right": tr},
+        }
+        for item, b, t, br, tr in zip(items, base_answers, tuned_answers, base_right, tuned_right)
+    ]
+    return {
+        "n": len(items),
+        "base_accuracy": base_acc,
+        "tuned_accuracy": tuned_acc,
+        "test": test,
+        "sentence": sentence,
+        "rows": rows,
+    }

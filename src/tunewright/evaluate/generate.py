@@ -100,7 +100,11 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     trie = label_trie(allowed_sequences) if allowed_sequences is not None else None
     shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
-    prefix_cache = _prefix_cache(model, list(prompts[0][:shared])) if shared >= MIN_SHARED_PREFIX_TOKENS else None
+    prefix_cache = (
+        _prefix_cache(model, list(prompts[0][:shared]))
+        if shared >= MIN_SHARED_PREFIX_TOKENS
+        else None
+    )
     shared = shared if prefix_cache is not None else 0
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -108,12 +112,16 @@ def generate(
         width = shared + max(len(prompts[i]) - shared for i in indices)
         input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):  # pads go before each question: all prompts end at one column
+        for row, i in enumerate(
+            indices
+        ):  # pads go before each question: all prompts end at one column
             input_ids[row, :shared] = torch.tensor(prompts[i][:shared])
             input_ids[row, width - len(prompts[i]) + shared :] = torch.tensor(prompts[i][shared:])
             attention_mask[row, :shared] = 1
             attention_mask[row, width - len(prompts[i]) + shared :] = 1
-        options = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+        options = (
+            {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+        )
         if prefix_cache is not None:
             options["cache"] = _expanded(prefix_cache, len(indices))
         if trie is not None:

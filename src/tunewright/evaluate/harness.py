@@ -72,7 +72,9 @@ def task_specs(tasks: Sequence[str], include: Sequence[Path] = ()):
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise TunewrightError("the harness needs lm-eval: pip install 'tunewright[harness]'") from None
+        raise TunewrightError(
+            "the harness needs lm-eval: pip install 'tunewright[harness]'"
+        ) from None
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -86,7 +88,9 @@ def task_specs(tasks: Sequence[str], include: Sequence[Path] = ()):
     for name in tasks:
         entry = manager.task_index.get(name)
         if entry is None:
-            raise TunewrightError(f"unknown harness task {name!r}; local tasks: {', '.join(manager.all_tasks)}")
+            raise TunewrightError(
+                f"unknown harness task {name!r}; local tasks: {', '.join(manager.all_tasks)}"
+            )
         if entry.kind is not Kind.TASK or entry.yaml_path is None:
             specs.append(name)  # a group or tag: its member tasks are resolved by lm_eval
             continue
@@ -109,7 +113,16 @@ def _resolve(files, folder: Path):
     return str(path if path.is_absolute() else folder / path)
 
 
-def _run(model, tokenizer, manager, specs, *, limit: int | None, batch_size: int, apply_chat_template: bool) -> dict:
+def _run(
+    model,
+    tokenizer,
+    manager,
+    specs,
+    *,
+    limit: int | None,
+    batch_size: int,
+    apply_chat_template: bool,
+) -> dict:
     """lm_eval's `simple_evaluate` on an in-memory model; returns its raw results dict."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -117,8 +130,15 @@ def _run(model, tokenizer, manager, specs, *, limit: int | None, batch_size: int
     # HFLM warns that an in-memory model skips its loading options: that is what we mean
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, limit=limit,
-                                   apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=1000)
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=specs,
+        task_manager=manager,
+        limit=limit,
+        apply_chat_template=apply_chat_template,
+        log_samples=True,
+        bootstrap_iters=1000,
+    )
 
 
 def summarise(raw: dict) -> dict[str, dict]:
@@ -132,8 +152,10 @@ def summarise(raw: dict) -> dict[str, dict]:
                 continue
             stderr = row.get(f"{metric}_stderr,{filt}")
             name = metric if filt == "none" else key
-            metrics[name] = {"value": float(value),
-                             "stderr": float(stderr) if isinstance(stderr, (int, float)) else None}
+            metrics[name] = {
+                "value": float(value),
+                "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+            }
         n = raw.get("n-samples", {}).get(task, {}).get("effective")
         summary[task] = {"n_samples": n, "metrics": metrics}
     return summary
@@ -146,7 +168,11 @@ def per_sample(raw: dict, task: str) -> tuple[str, dict[int, float]] | None:
     if not samples or not metrics:
         return None
     metric, first_filter = metrics[0], samples[0].get("filter")
-    scores = {int(s["doc_id"]): s[metric] for s in samples if s.get("filter") == first_filter and metric in s}
+    scores = {
+        int(s["doc_id"]): s[metric]
+        for s in samples
+        if s.get("filter") == first_filter and metric in s
+    }
     if not scores or not all(isinstance(v, (int, float)) for v in scores.values()):
         return None  # a corpus-level metric (BLEU...) has no per-document score
     return metric, {doc: float(v) for doc, v in scores.items()}
@@ -158,7 +184,9 @@ def _models(source: str):
     from tunewright.models import load_model
 
     folder = Path(source)
-    if any((folder / name).exists() for name in ("config.yaml", "adapter", "model")):  # a run folder
+    if any(
+        (folder / name).exists() for name in ("config.yaml", "adapter", "model")
+    ):  # a run folder
         cfg = read_run_config(folder)
 
         def tuned():
@@ -179,9 +207,17 @@ def _models(source: str):
     return [("base", model)], Path("harness.json")
 
 
-def harness(source: str | Path, tasks: Sequence[str] = DEFAULT_TASKS, *, include: Sequence[Path] = (),
-            limit: int | None = None, batch_size: int = 8, apply_chat_template: bool = False,
-            output: Path | None = None, console: Console | None = None) -> HarnessResult:
+def harness(
+    source: str | Path,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    *,
+    include: Sequence[Path] = (),
+    limit: int | None = None,
+    batch_size: int = 8,
+    apply_chat_template: bool = False,
+    output: Path | None = None,
+    console: Console | None = None,
+) -> HarnessResult:
     """Run harness tasks on a run's base and tuned models (or one model) and write harness.json."""
     console = console or Console(stderr=True)
     tasks = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
@@ -196,8 +232,15 @@ def harness(source: str | Path, tasks: Sequence[str] = DEFAULT_TASKS, *, include
     for name, load in loaders:  # one model in memory at a time
         model, tokenizer = load()
         with _offline(), console.status(f"harness: {name}"):
-            raw = _run(model.to(device), tokenizer, manager, specs, limit=limit, batch_size=batch_size,
-                       apply_chat_template=apply_chat_template)
+            raw = _run(
+                model.to(device),
+                tokenizer,
+                manager,
+                specs,
+                limit=limit,
+                batch_size=batch_size,
+                apply_chat_template=apply_chat_template,
+            )
         models[name] = summarise(raw)
         headline[name] = {task: per_sample(raw, task) for task in models[name]}
         del model
@@ -216,16 +259,25 @@ def _compare(headline: dict[str, dict]) -> dict[str, dict]:
             continue
         docs = sorted(base[1])
         paired = paired_bootstrap([base[1][d] for d in docs], [tuned[1][d] for d in docs])
-        comparisons[task] = {"metric": base[0], "delta": paired.delta, "low": paired.low, "high": paired.high,
-                             "p_value_bootstrap": paired.p_value}
+        comparisons[task] = {
+            "metric": base[0],
+            "delta": paired.delta,
+            "low": paired.low,
+            "high": paired.high,
+            "p_value_bootstrap": paired.p_value,
+        }
     return comparisons
 
 
 def _write(path: Path, result: HarnessResult) -> Path:
     from importlib.metadata import version
 
-    body = {"tasks": result.tasks, "lm_eval_version": version("lm_eval"), "models": result.models,
-            "comparisons": result.comparisons}
+    body = {
+        "tasks": result.tasks,
+        "lm_eval_version": version("lm_eval"),
+        "models": result.models,
+        "comparisons": result.comparisons,
+    }
     write_text_atomic(path, json.dumps(body, indent=2))
     return path
 
@@ -250,11 +302,16 @@ def harness_table(result: HarnessResult) -> Table:
             extra = []
             if result.comparisons:
                 c = result.comparisons.get(task)
-                extra = [f"{c['delta']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
-                         if c and c["metric"] == metric else ""]
+                extra = [
+                    f"{c['delta']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+                    if c and c["metric"] == metric
+                    else ""
+                ]
             table.add_row(task, metric, str(row["n_samples"]), *cells, *extra)
     return table
 
 
 def _fmt(cell: dict) -> str:
-    return f"{cell['value']:.3f}" + (f" ± {cell['stderr']:.3f}" if cell["stderr"] is not None else "")
+    return f"{cell['value']:.3f}" + (
+        f" ± {cell['stderr']:.3f}" if cell["stderr"] is not None else ""
+    )

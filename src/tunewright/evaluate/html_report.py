@@ -38,8 +38,12 @@ def _img(png: str, alt: str) -> str:
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=num" if k >= numeric_from else ""}>{escape(str(c))}</td>'
-                         for k, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td{' class=num' if k >= numeric_from else ''}>{escape(str(c))}</td>"
+            for k, c in enumerate(row)
+        )
+        + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -48,16 +52,22 @@ def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> s
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _metrics_section(result: EvalResult) -> str:
     names = metric_names(result)
-    rows = [[n, m.description, *(fmt_cell(k, m.metrics[k]) for k in names), comparison_cell(result, n)]
-            for n, m in result.models.items()]
+    rows = [
+        [n, m.description, *(fmt_cell(k, m.metrics[k]) for k in names), comparison_cell(result, n)]
+        for n, m in result.models.items()
+    ]
     table = _table(["model", "prompt", *names, "tuned minus it (95% CI), p"], rows, numeric_from=2)
-    return (f"<h2>Metrics</h2><p class=muted>{result.n_examples} held-out examples; 95% bootstrap intervals; "
-            f"p from {'McNemar' if result.task == 'classification' else 'a paired bootstrap'}.</p>{table}")
+    return (
+        f"<h2>Metrics</h2><p class=muted>{result.n_examples} held-out examples; 95% bootstrap intervals; "
+        f"p from {'McNemar' if result.task == 'classification' else 'a paired bootstrap'}.</p>{table}"
+    )
 
 
 def _general_section(result: EvalResult) -> str:
@@ -65,12 +75,23 @@ def _general_section(result: EvalResult) -> str:
     if not g:
         return ""
     changed = [r for r in g["rows"] if r["base"]["right"] != r["tuned"]["right"]]
-    rows = [[r["prompt"], " / ".join(r["answers"]), r["base"]["answer"], r["tuned"]["answer"]] for r in changed]
-    where = "questions where one is right and the other wrong:" if rows else "both are right on the same questions."
-    table = _table(["question", "reference", "base", "tuned"], rows, numeric_from=99) if rows else ""
-    return (f"<h2>Forgetting check</h2><p>{escape(g['sentence'])}</p>"
-            f"<p class=muted>{g['n']} general questions, answered by base and tuned with the same prompt; "
-            f"{where}</p>{table}")
+    rows = [
+        [r["prompt"], " / ".join(r["answers"]), r["base"]["answer"], r["tuned"]["answer"]]
+        for r in changed
+    ]
+    where = (
+        "questions where one is right and the other wrong:"
+        if rows
+        else "both are right on the same questions."
+    )
+    table = (
+        _table(["question", "reference", "base", "tuned"], rows, numeric_from=99) if rows else ""
+    )
+    return (
+        f"<h2>Forgetting check</h2><p>{escape(g['sentence'])}</p>"
+        f"<p class=muted>{g['n']} general questions, answered by base and tuned with the same prompt; "
+        f"{where}</p>{table}"
+    )
 
 
 def _training_section(run_dir: Path, training: dict | None) -> str:
@@ -86,16 +107,26 @@ def _training_section(run_dir: Path, training: dict | None) -> str:
 def _confusion_section(result: EvalResult) -> str:
     if result.task != "classification" or not result.labels:
         return ""
-    shown = [n for n in (result.strongest_base, "tuned") if n in result.models] or list(result.models)[:1]
+    shown = [n for n in (result.strongest_base, "tuned") if n in result.models] or list(
+        result.models
+    )[:1]
     panels = {n: (result.models[n].predictions, result.references) for n in shown}
     many = len(result.labels) > plots.CONFUSION_TOP_LABELS
-    note = f" (the {plots.CONFUSION_TOP_LABELS} most frequent of {len(result.labels)} labels)" if many else ""
-    return f"<h2>Confusion matrix{note}</h2>" + _img(plots.confusion(panels, result.labels), "confusion matrix")
+    note = (
+        f" (the {plots.CONFUSION_TOP_LABELS} most frequent of {len(result.labels)} labels)"
+        if many
+        else ""
+    )
+    return f"<h2>Confusion matrix{note}</h2>" + _img(
+        plots.confusion(panels, result.labels), "confusion matrix"
+    )
 
 
 def _lengths_section(result: EvalResult) -> str:
     lengths = {n: [a.new_tokens for a in m.answers] for n, m in result.models.items()}
-    return "<h2>Answer lengths</h2>" + _img(plots.length_histograms(lengths), "answer length distributions")
+    return "<h2>Answer lengths</h2>" + _img(
+        plots.length_histograms(lengths), "answer length distributions"
+    )
 
 
 def _scaling_section(run_dir: Path) -> str:
@@ -105,7 +136,9 @@ def _scaling_section(run_dir: Path) -> str:
     scaling = json.loads(path.read_text(encoding="utf-8"))
     if not scaling.get("points"):
         return ""
-    return "<h2>Metric vs training examples</h2>" + _img(plots.scaling_curve(scaling), "metric vs training examples")
+    return "<h2>Metric vs training examples</h2>" + _img(
+        plots.scaling_curve(scaling), "metric vs training examples"
+    )
 
 
 def _examples_section(result: EvalResult) -> str:
@@ -113,13 +146,25 @@ def _examples_section(result: EvalResult) -> str:
         return ""
     base, tuned = result.models[result.strongest_base], result.models["tuned"]
     won, lost = differing(result)
-    parts = [f"<h2>Where they differ: tuned better on {len(won)}, {escape(base.name)} better on {len(lost)}</h2>"]
+    parts = [
+        f"<h2>Where they differ: tuned better on {len(won)}, {escape(base.name)} better on {len(lost)}</h2>"
+    ]
     for title, picked in (("Tuned right, base wrong", won), ("Base right, tuned wrong", lost)):
-        rows = [[result.prompts[i], result.references[i], base.answers[i].text, tuned.answers[i].text]
-                for i in picked[:SHOWN_EXAMPLES]]
-        parts.append(f"<h3>{title}</h3>" + (_table(["prompt", "reference", base.name, "tuned"], rows, 99)
-                                            if rows else "<p class=muted>none</p>"))
-    return "".join(parts) + "<p class=muted>All examples with their outcome: eval/examples.jsonl.</p>"
+        rows = [
+            [result.prompts[i], result.references[i], base.answers[i].text, tuned.answers[i].text]
+            for i in picked[:SHOWN_EXAMPLES]
+        ]
+        parts.append(
+            f"<h3>{title}</h3>"
+            + (
+                _table(["prompt", "reference", base.name, "tuned"], rows, 99)
+                if rows
+                else "<p class=muted>none</p>"
+            )
+        )
+    return (
+        "".join(parts) + "<p class=muted>All examples with their outcome: eval/examples.jsonl.</p>"
+    )
 
 
 def render_html(result: EvalResult, *, run_dir: Path, training: dict | None = None) -> str:
@@ -136,11 +181,15 @@ def render_html(result: EvalResult, *, run_dir: Path, training: dict | None = No
         _examples_section(result),
     ]
     body = "\n".join(s for s in sections if s)
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tunewright: {escape(run_dir.name)}"
-            f"</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tunewright: {escape(run_dir.name)}"
+        f"</title><style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
-def write_html(result: EvalResult, path: Path, *, run_dir: Path, training: dict | None = None) -> Path:
+def write_html(
+    result: EvalResult, path: Path, *, run_dir: Path, training: dict | None = None
+) -> Path:
     """Write `report.html` atomically (a half-written report would look like a complete one)."""
     write_text_atomic(path, render_html(result, run_dir=run_dir, training=training))
     return path

@@ -42,9 +42,9 @@ DEFAULT_RUBRIC = (
 )
 _FORMAT = {
     "1-5": "Explain your judgement in one or two sentences, then give a rating from 1 (wrong or "
-           "useless) to 5 (fully correct and helpful) in exactly this format: [[N]]",
+    "useless) to 5 (fully correct and helpful) in exactly this format: [[N]]",
     "pass_fail": "Explain your judgement in one or two sentences, then give your verdict in "
-                 "exactly this format: [[PASS]] or [[FAIL]]",
+    "exactly this format: [[PASS]] or [[FAIL]]",
 }
 # Requests in flight at once: enough to hide network latency, few enough not to trip rate limits.
 _CONCURRENT_REQUESTS = 8
@@ -68,14 +68,19 @@ def instructions(cfg: JudgeConfig) -> str:
 
 
 def judge_message(prompt: str, answer: str, reference: str) -> str:
-    return (f"[Question]\n{prompt}\n\n[Reference answer]\n{reference}\n\n"
-            f"[Assistant's answer]\n{answer}")
+    return (
+        f"[Question]\n{prompt}\n\n[Reference answer]\n{reference}\n\n[Assistant's answer]\n{answer}"
+    )
 
 
 _BRACKETED = re.compile(r"\[\[\s*([^\[\]]+?)\s*\]\]")
-_LABELLED = re.compile(r"\b(?:rating|score|grade)\s*(?:is|:|=)?\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_LABELLED = re.compile(
+    r"\b(?:rating|score|grade)\s*(?:is|:|=)?\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE
+)
 _OUT_OF_FIVE = re.compile(r"\b(\d+(?:\.\d+)?)\s*/\s*5\b")
-_VERDICT = re.compile(r"\b(?:verdict|grade|result)\s*(?:is|:|=)?\s*\**\s*(pass|fail)\b", re.IGNORECASE)
+_VERDICT = re.compile(
+    r"\b(?:verdict|grade|result)\s*(?:is|:|=)?\s*\**\s*(pass|fail)\b", re.IGNORECASE
+)
 
 
 def parse_reply(reply: str, scale: str) -> float | None:
@@ -83,7 +88,9 @@ def parse_reply(reply: str, scale: str) -> float | None:
     ("from 1 to 5") before giving their own rating."""
     text = reply.strip()
     read = _pass_or_fail if scale == "pass_fail" else _number
-    patterns = (_BRACKETED, _VERDICT) if scale == "pass_fail" else (_BRACKETED, _LABELLED, _OUT_OF_FIVE)
+    patterns = (
+        (_BRACKETED, _VERDICT) if scale == "pass_fail" else (_BRACKETED, _LABELLED, _OUT_OF_FIVE)
+    )
     for pattern in patterns:
         for match in reversed(list(pattern.finditer(text))):
             score = read(match.group(1))
@@ -149,7 +156,9 @@ def judge_answers(
 ) -> list[JudgeVerdict]:
     """Grade each answer against its reference; cached verdicts are reused, new ones appended."""
     if not len(prompts) == len(answers) == len(references):
-        raise ValueError(f"{len(prompts)} prompts, {len(answers)} answers, {len(references)} references")
+        raise ValueError(
+            f"{len(prompts)} prompts, {len(answers)} answers, {len(references)} references"
+        )
     keys = [cache_key(cfg, p, a, r) for p, a, r in zip(prompts, answers, references)]
     cached, torn = _read_cache(cache_path)
     todo: dict[str, int] = {}  # key -> first example with it: each distinct question is asked once
@@ -160,14 +169,20 @@ def judge_answers(
         try:
             from openai import OpenAI
         except ImportError:
-            raise TunewrightError("the LLM judge needs the openai client: pip install 'tunewright[judge]'") from None
+            raise TunewrightError(
+                "the LLM judge needs the openai client: pip install 'tunewright[judge]'"
+            ) from None
 
-        client = OpenAI(base_url=cfg.base_url, api_key=_api_key(cfg), max_retries=2, timeout=_TIMEOUT_S)
+        client = OpenAI(
+            base_url=cfg.base_url, api_key=_api_key(cfg), max_retries=2, timeout=_TIMEOUT_S
+        )
         system = instructions(cfg)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
 
         def ask(i: int) -> tuple[int, str]:
-            return i, _ask(client, cfg, system, judge_message(prompts[i], answers[i], references[i]))
+            return i, _ask(
+                client, cfg, system, judge_message(prompts[i], answers[i], references[i])
+            )
 
         pool = ThreadPoolExecutor(_CONCURRENT_REQUESTS)
         # appended one row at a time, so an interrupted run keeps what it already paid for
@@ -176,16 +191,29 @@ def judge_answers(
                 f.write("\n")
             try:
                 for i, reply in pool.map(ask, todo.values()):
-                    row = {"key": keys[i], "model": cfg.model, "score": parse_reply(reply, cfg.scale),
-                           "reply": reply, "prompt": prompts[i], "answer": answers[i], "reference": references[i]}
+                    row = {
+                        "key": keys[i],
+                        "model": cfg.model,
+                        "score": parse_reply(reply, cfg.scale),
+                        "reply": reply,
+                        "prompt": prompts[i],
+                        "answer": answers[i],
+                        "reference": references[i],
+                    }
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                     f.flush()
                     cached[keys[i]] = row | {"fresh": True}
             finally:
-                pool.shutdown(cancel_futures=True)  # after a failed call, do not wait for hundreds more
+                pool.shutdown(
+                    cancel_futures=True
+                )  # after a failed call, do not wait for hundreds more
                 os.fsync(f.fileno())
-    return [JudgeVerdict(score=cached[k]["score"], reply=cached[k]["reply"], cached=not cached[k].get("fresh"))
-            for k in keys]
+    return [
+        JudgeVerdict(
+            score=cached[k]["score"], reply=cached[k]["reply"], cached=not cached[k].get("fresh")
+        )
+        for k in keys
+    ]
 
 
 def _ask(client, cfg: JudgeConfig, system: str, user: str) -> str:
@@ -193,14 +221,18 @@ def _ask(client, cfg: JudgeConfig, system: str, user: str) -> str:
 
     try:
         response = client.chat.completions.create(
-            model=cfg.model, temperature=0,
+            model=cfg.model,
+            temperature=0,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         )
     except openai.APIStatusError as e:
-        raise TunewrightError(f"the judge at {cfg.base_url} refused the request (HTTP {e.status_code}): "
-                              f"{e.message}") from None
+        raise TunewrightError(
+            f"the judge at {cfg.base_url} refused the request (HTTP {e.status_code}): {e.message}"
+        ) from None
     except openai.APIConnectionError as e:
-        raise TunewrightError(f"cannot reach the judge at {cfg.base_url} (evaluate.judge.base_url): {e}") from None
+        raise TunewrightError(
+            f"cannot reach the judge at {cfg.base_url} (evaluate.judge.base_url): {e}"
+        ) from None
     choices = response.choices or []
     return (choices[0].message.content or "") if choices else ""
 
@@ -210,8 +242,10 @@ def verdict_metrics(verdicts: Sequence[JudgeVerdict]) -> dict[str, dict[str, flo
     scores = np.array([v.score for v in verdicts if v.parsed], dtype=float)
     unparsed = np.array([not v.parsed for v in verdicts], dtype=float)
     nan = {"value": float("nan"), "low": float("nan"), "high": float("nan")}
-    return {"judge_score": _interval(scores) if len(scores) else nan,
-            "judge_unparsed_rate": _interval(unparsed) if len(unparsed) else nan}
+    return {
+        "judge_score": _interval(scores) if len(scores) else nan,
+        "judge_unparsed_rate": _interval(unparsed) if len(unparsed) else nan,
+    }
 
 
 def _interval(values: np.ndarray) -> dict[str, float]:
@@ -219,7 +253,9 @@ def _interval(values: np.ndarray) -> dict[str, float]:
     return {"value": iv.point, "low": iv.low, "high": iv.high}
 
 
-def judge_metrics(cfg: RunConfig, examples: Sequence[Example], answers: Sequence[Generation]) -> dict[str, dict]:
+def judge_metrics(
+    cfg: RunConfig, examples: Sequence[Example], answers: Sequence[Generation]
+) -> dict[str, dict]:
     """The evaluation runner's hook: judge one model's answers, return its judge metrics."""
     verdicts = judge_answers(
         cfg.evaluate.judge,
@@ -229,4 +265,3 @@ def judge_metrics(cfg: RunConfig, examples: Sequence[Example], answers: Sequence
         cfg.run_dir / "eval" / "judge_cache.jsonl",
     )
     return verdict_metrics(verdicts)
-

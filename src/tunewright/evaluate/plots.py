@@ -54,7 +54,10 @@ def loss_curves(rows: Sequence[dict]) -> str | None:
 
 
 def confusion_top(
-    preds: Sequence[str | None], refs: Sequence[str], labels: Sequence[str], top: int = CONFUSION_TOP_LABELS
+    preds: Sequence[str | None],
+    refs: Sequence[str],
+    labels: Sequence[str],
+    top: int = CONFUSION_TOP_LABELS,
 ) -> tuple[np.ndarray, list[str], list[str]]:
     """The confusion matrix restricted to the `top` most frequent reference labels.
 
@@ -68,12 +71,16 @@ def confusion_top(
     names = [labels[i] for i in keep]
     if not rest:
         return full, names, names + ["invalid"]
-    cols = np.concatenate([full[:, keep], full[:, rest].sum(axis=1, keepdims=True), full[:, -1:]], axis=1)
+    cols = np.concatenate(
+        [full[:, keep], full[:, rest].sum(axis=1, keepdims=True), full[:, -1:]], axis=1
+    )
     rows = np.vstack([cols[keep], cols[rest].sum(axis=0, keepdims=True)])
     return rows, names + ["other"], names + ["other", "invalid"]
 
 
-def confusion(panels: dict[str, tuple[Sequence[str | None], Sequence[str]]], labels: Sequence[str]) -> str:
+def confusion(
+    panels: dict[str, tuple[Sequence[str | None], Sequence[str]]], labels: Sequence[str]
+) -> str:
     """One confusion-matrix heatmap per model (e.g. strongest base and tuned), side by side."""
     size = min(len(labels), CONFUSION_TOP_LABELS) + 2
     fig = _figure(width=max(6.0, 0.35 * size * len(panels) + 2), height=max(4.0, 0.35 * size + 2.5))
@@ -82,16 +89,27 @@ def confusion(panels: dict[str, tuple[Sequence[str | None], Sequence[str]]], lab
         ax = fig.add_subplot(1, len(panels), k + 1)
         ax.imshow(matrix, cmap="Blues")
         ax.set_title(name)
-        ax.set_xticks(range(len(col_names)), [_short(n) for n in col_names], rotation=90, fontsize=7)
-        ax.set_yticks(range(len(row_names)), [_short(n) for n in row_names] if k == 0 else [], fontsize=7)
+        ax.set_xticks(
+            range(len(col_names)), [_short(n) for n in col_names], rotation=90, fontsize=7
+        )
+        ax.set_yticks(
+            range(len(row_names)), [_short(n) for n in row_names] if k == 0 else [], fontsize=7
+        )
         ax.set_xlabel("predicted")
         if k == 0:
             ax.set_ylabel("reference")
         if matrix.size <= 400:  # numbers stay legible only in small matrices
             for (r, c), count in np.ndenumerate(matrix):
                 if count:
-                    ax.text(c, r, str(count), ha="center", va="center", fontsize=6,
-                            color="white" if count > matrix.max() / 2 else "black")
+                    ax.text(
+                        c,
+                        r,
+                        str(count),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if count > matrix.max() / 2 else "black",
+                    )
     return to_base64_png(fig)
 
 
@@ -114,7 +132,9 @@ def scaling_curve(scaling: dict) -> str:
     points = sorted(scaling["points"], key=lambda p: p["examples"])
     x = [p["examples"] for p in points]
     y = np.array([p["value"] for p in points])
-    err = np.array([[v - p["low"] for v, p in zip(y, points)], [p["high"] - v for v, p in zip(y, points)]])
+    err = np.array(
+        [[v - p["low"] for v, p in zip(y, points)], [p["high"] - v for v, p in zip(y, points)]]
+    )
     fig = _figure()
     ax = fig.add_subplot()
     ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", capsize=3)

@@ -36,7 +36,9 @@ def label_instruction(labels: Sequence[str]) -> str:
     return "Answer with exactly one of: " + ", ".join(labels)
 
 
-def pick_shots(train: Sequence[Example], k: int, seed: int, *, by_label: bool) -> tuple[Example, ...]:
+def pick_shots(
+    train: Sequence[Example], k: int, seed: int, *, by_label: bool
+) -> tuple[Example, ...]:
     """k train examples, chosen deterministically by `seed`.
 
     With `by_label`, examples are taken round-robin over labels (in a seeded order), so k shots
@@ -79,8 +81,12 @@ def variant_messages(variant: Variant, prompt: Sequence[Message]) -> tuple[Messa
 
 
 def base_variants(
-    names: Sequence[str], system_prompt: str | None, labels: Sequence[str] | None, train: Sequence[Example],
-    shots: int, seed: int,
+    names: Sequence[str],
+    system_prompt: str | None,
+    labels: Sequence[str] | None,
+    train: Sequence[Example],
+    shots: int,
+    seed: int,
 ) -> list[Variant]:
     """The requested base variants (`base_0shot`, `base_kshot`), in `names` order."""
     instruction = label_instruction(labels) if labels else None
@@ -88,9 +94,19 @@ def base_variants(
     variants = []
     for name in names:
         if name == "base_0shot":
-            variants.append(Variant(name, "base", f"base model, zero-shot{listed}", system_prompt, instruction))
+            variants.append(
+                Variant(name, "base", f"base model, zero-shot{listed}", system_prompt, instruction)
+            )
         elif name == "base_kshot":
             picked = pick_shots(train, shots, seed, by_label=bool(labels))
-            variants.append(Variant(name, "base", f"base model, {len(picked)}-shot{listed}", system_prompt,
-                                    instruction, picked))
+            variants.append(
+                Variant(
+                    name,
+                    "base",
+                    f"base model, {len(picked)}-shot{listed}",
+                    system_prompt,
+                    instruction,
+                    picked,
+                )
+            )
     return variants

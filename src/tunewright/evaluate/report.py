@@ -31,12 +31,16 @@ def verdict(result: EvalResult) -> str:
     tuned = result.models["tuned"].metrics[result.headline]["value"]
     stronger = f"the stronger base variant ({name}: {result.models[name].description})"
     if c["p_value"] >= 0.05 or c["delta"] == 0:
-        return (f"No significant difference between the tuned model and {stronger} on {result.headline} over "
-                f"{result.n_examples} held-out examples ({name} {base:.3f}, tuned {tuned:.3f}, p = {c['p_value']:.2g}).")
+        return (
+            f"No significant difference between the tuned model and {stronger} on {result.headline} over "
+            f"{result.n_examples} held-out examples ({name} {base:.3f}, tuned {tuned:.3f}, p = {c['p_value']:.2g})."
+        )
     direction = "better" if c["delta"] > 0 else "worse"
-    return (f"The tuned model is {direction} than {stronger} on {result.headline}: {tuned:.3f} vs {base:.3f} "
-            f"({c['delta']:+.3f}, 95% CI [{c['low']:+.3f}, {c['high']:+.3f}], p = {c['p_value']:.2g}) "
-            f"over {result.n_examples} held-out examples.")
+    return (
+        f"The tuned model is {direction} than {stronger} on {result.headline}: {tuned:.3f} vs {base:.3f} "
+        f"({c['delta']:+.3f}, 95% CI [{c['low']:+.3f}, {c['high']:+.3f}], p = {c['p_value']:.2g}) "
+        f"over {result.n_examples} held-out examples."
+    )
 
 
 def metric_names(result: EvalResult) -> list[str]:
@@ -55,8 +59,12 @@ def summary_table(result: EvalResult) -> Table:
     table.add_column("tuned vs it", justify="right")
     table.add_column("eval time", justify="right")
     for name, scores in result.models.items():
-        table.add_row(name, *(fmt_cell(m, scores.metrics[m]) for m in names), comparison_cell(result, name),
-                      f"{scores.seconds:.0f} s")
+        table.add_row(
+            name,
+            *(fmt_cell(m, scores.metrics[m]) for m in names),
+            comparison_cell(result, name),
+            f"{scores.seconds:.0f} s",
+        )
     return table
 
 
@@ -71,34 +79,54 @@ def comparison_cell(result: EvalResult, name: str) -> str:
 def differing(result: EvalResult) -> tuple[list[int], list[int]]:
     """Indices of examples the tuned model won and lost against the strongest base."""
     found = result.outcomes or []
-    return ([i for i, o in enumerate(found) if o == "tuned_won"], [i for i, o in enumerate(found) if o == "tuned_lost"])
+    return (
+        [i for i, o in enumerate(found) if o == "tuned_won"],
+        [i for i, o in enumerate(found) if o == "tuned_lost"],
+    )
 
 
 def write_markdown(result: EvalResult, path: Path, *, training: dict | None = None) -> Path:
     """A Markdown report: verdict, metrics table, paired tests, forgetting check, examples won and lost."""
     names = metric_names(result)
-    lines = ["# Evaluation report", "", f"**{verdict(result)}**", "",
-             "| model | " + " | ".join(names) + " | tuned minus it (95% CI), p |", "|---|" + "---|" * (len(names) + 1)]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"**{verdict(result)}**",
+        "",
+        "| model | " + " | ".join(names) + " | tuned minus it (95% CI), p |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
     for name, scores in result.models.items():
         cells = [fmt_cell(m, scores.metrics[m]) for m in names] + [comparison_cell(result, name)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", *(f"- **{n}**: {m.description}" for n, m in result.models.items())]
     if result.general:
-        lines += ["", "## Forgetting check", "", result.general["sentence"] + " (`eval/general.jsonl`)"]
+        lines += [
+            "",
+            "## Forgetting check",
+            "",
+            result.general["sentence"] + " (`eval/general.jsonl`)",
+        ]
     if training:
         lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in training.items()]
     if result.outcomes is not None:
         base, tuned = result.models[result.strongest_base], result.models["tuned"]
         won, lost = differing(result)
-        lines += ["", f"## Where they differ: tuned better on {len(won)}, {base.name} better on {len(lost)}", ""]
+        lines += [
+            "",
+            f"## Where they differ: tuned better on {len(won)}, {base.name} better on {len(lost)}",
+            "",
+        ]
         for title, picked in (("Tuned right, base wrong", won), ("Base right, tuned wrong", lost)):
             lines += [f"### {title}", ""]
             if not picked:
                 lines += ["none", ""]
                 continue
             lines += [f"| reference | {base.name} answer | tuned answer |", "|---|---|---|"]
-            lines += [f"| {_cell(result.references[i])} | {_cell(base.answers[i].text)} | {_cell(tuned.answers[i].text)} |"
-                      for i in picked[:SHOWN_EXAMPLES]]
+            lines += [
+                f"| {_cell(result.references[i])} | {_cell(base.answers[i].text)} | {_cell(tuned.answers[i].text)} |"
+                for i in picked[:SHOWN_EXAMPLES]
+            ]
             lines.append("")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -108,8 +136,10 @@ def write_reports(result: EvalResult, run_dir: Path, *, training: dict | None = 
     """Write `report.md` and the self-contained `report.html` into the run folder."""
     from tunewright.evaluate.html_report import write_html
 
-    return [write_markdown(result, run_dir / "report.md", training=training),
-            write_html(result, run_dir / "report.html", run_dir=run_dir, training=training)]
+    return [
+        write_markdown(result, run_dir / "report.md", training=training),
+        write_html(result, run_dir / "report.html", run_dir=run_dir, training=training),
+    ]
 
 
 def _cell(text: str) -> str:

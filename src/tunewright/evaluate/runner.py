@@ -103,14 +103,22 @@ def _score(task: str, answers: list[Generation], refs: list[str], labels: list[s
         metrics["accuracy"] = _interval(bootstrap_ci(correct))
         metrics["accuracy_strict"] = _interval(bootstrap_ci(strict))
         metrics["macro_f1"] = _interval(
-            bootstrap_ci_fn(len(refs), lambda i: macro_f1_from_codes(pred_codes[i], ref_codes[i], len(labels)))
+            bootstrap_ci_fn(
+                len(refs), lambda i: macro_f1_from_codes(pred_codes[i], ref_codes[i], len(labels))
+            )
         )
-        metrics["invalid_rate"] = _interval(bootstrap_ci(np.array([p is None for p in preds], dtype=float)))
+        metrics["invalid_rate"] = _interval(
+            bootstrap_ci(np.array([p is None for p in preds], dtype=float))
+        )
         return correct, preds, metrics
     rouge = np.array([rouge_l(a.text, r) for a, r in zip(answers, refs)])
     metrics["rouge_l"] = _interval(bootstrap_ci(rouge))
-    metrics["token_f1"] = _interval(bootstrap_ci(np.array([token_f1(a.text, r) for a, r in zip(answers, refs)])))
-    metrics["exact_match"] = _interval(bootstrap_ci(np.array([exact_match(a.text, r) for a, r in zip(answers, refs)])))
+    metrics["token_f1"] = _interval(
+        bootstrap_ci(np.array([token_f1(a.text, r) for a, r in zip(answers, refs)]))
+    )
+    metrics["exact_match"] = _interval(
+        bootstrap_ci(np.array([exact_match(a.text, r) for a, r in zip(answers, refs)]))
+    )
     return rouge, None, metrics
 
 
@@ -140,7 +148,9 @@ def _load_variant(cfg: RunConfig, model_name: str, weights: Path | None, dtype: 
     else:
         from transformers import AutoModelForCausalLM
 
-        loaded.model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, use_safetensors=True)
+        loaded.model = AutoModelForCausalLM.from_pretrained(
+            weights, dtype=dtype, use_safetensors=True
+        )
     loaded.model.eval()
     return loaded
 
@@ -154,7 +164,9 @@ def _compare_run_variant(path: str, taken: set[str]) -> tuple[Variant, str, Path
     other = RunConfig.model_validate(yaml.safe_load(config.read_text(encoding="utf-8")))
     name = folder.resolve().name
     if name in taken:
-        raise ConfigError(f"evaluate.compare_runs: {path!r} gives the variant name {name!r}, which is taken")
+        raise ConfigError(
+            f"evaluate.compare_runs: {path!r} gives the variant name {name!r}, which is taken"
+        )
     weights = folder / ("adapter" if other.train.method == "lora" else "model")
     variant = Variant(name, str(folder), f"tuned model of run {folder}", other.data.system_prompt)
     return variant, other.model.name, weights
@@ -165,14 +177,31 @@ def plan_variants(
 ) -> tuple[list[Variant], dict[str, tuple[str, Path | None]]]:
     """Every variant to score, and for each model key the (model name, weights folder) to load."""
     labels = dataset.labels if task == "classification" else None
-    variants = base_variants(cfg.evaluate.models, cfg.data.system_prompt, labels, dataset.train,
-                             cfg.evaluate.base_shots, cfg.data.seed)
+    variants = base_variants(
+        cfg.evaluate.models,
+        cfg.data.system_prompt,
+        labels,
+        dataset.train,
+        cfg.evaluate.base_shots,
+        cfg.data.seed,
+    )
     if "tuned" in cfg.evaluate.models:
         if trained_dir is None:
-            raise FileNotFoundError("evaluate.models has 'tuned' but there is no trained model; train first")
-        variants.append(Variant("tuned", "tuned", "tuned model, the prompt it was trained with",
-                                cfg.data.system_prompt))
-    sources: dict[str, tuple[str, Path | None]] = {"base": (cfg.model.name, None), "tuned": (cfg.model.name, trained_dir)}
+            raise FileNotFoundError(
+                "evaluate.models has 'tuned' but there is no trained model; train first"
+            )
+        variants.append(
+            Variant(
+                "tuned",
+                "tuned",
+                "tuned model, the prompt it was trained with",
+                cfg.data.system_prompt,
+            )
+        )
+    sources: dict[str, tuple[str, Path | None]] = {
+        "base": (cfg.model.name, None),
+        "tuned": (cfg.model.name, trained_dir),
+    }
     for path in cfg.evaluate.compare_runs:
         variant, model_name, weights = _compare_run_variant(path, {v.name for v in variants})
         variants.append(variant)
@@ -181,7 +210,11 @@ def plan_variants(
 
 
 def evaluate(
-    cfg: RunConfig, dataset: PreparedDataset, trained_dir: Path | None, *, console: Console | None = None
+    cfg: RunConfig,
+    dataset: PreparedDataset,
+    trained_dir: Path | None,
+    *,
+    console: Console | None = None,
 ) -> EvalResult:
     """Score every variant in `cfg.evaluate` on the test split, compare each with the tuned model."""
     console = console or Console(stderr=True)
@@ -198,27 +231,40 @@ def evaluate(
         model_name, weights = sources[key]
         loaded = _load_variant(cfg, model_name, weights, dtype)
         for variant in (v for v in variants if v.model == key):
-            models[variant.name] = _score_variant(cfg, task, variant, loaded, examples, refs, dataset.labels, console)
+            models[variant.name] = _score_variant(
+                cfg, task, variant, loaded, examples, refs, dataset.labels, console
+            )
         if general_check and key in ("base", "tuned"):
             with console.status(f"general questions: {key}"):
-                general_answers[key] = answer_general(loaded.model, loaded.tokenizer,
-                                                      batch_size=cfg.evaluate.batch_size)
+                general_answers[key] = answer_general(
+                    loaded.model, loaded.tokenizer, batch_size=cfg.evaluate.batch_size
+                )
         del loaded
 
     headline = "accuracy" if task == "classification" else "rouge_l"
-    result = EvalResult(task, headline, len(examples), models, labels=dataset.labels, references=refs,
-                        prompts=[e.prompt_messages[-1].content if e.prompt_messages else "" for e in examples])
+    result = EvalResult(
+        task,
+        headline,
+        len(examples),
+        models,
+        labels=dataset.labels,
+        references=refs,
+        prompts=[e.prompt_messages[-1].content if e.prompt_messages else "" for e in examples],
+    )
     if "tuned" in models:
         tuned = models["tuned"]
         for name, other in models.items():
             if name != "tuned":
-                result.comparisons[name] = paired_comparison(task, headline, other.per_example, tuned.per_example,
-                                                             other.right, tuned.right)
+                result.comparisons[name] = paired_comparison(
+                    task, headline, other.per_example, tuned.per_example, other.right, tuned.right
+                )
                 if task == "classification":
-                    result.comparisons[name]["macro_f1"] = paired_macro_f1(other.predictions, tuned.predictions,
-                                                                           refs, dataset.labels)
-        result.strongest_base = strongest({n: m.metrics[headline]["value"] for n, m in models.items()
-                                           if n.startswith("base_")})
+                    result.comparisons[name]["macro_f1"] = paired_macro_f1(
+                        other.predictions, tuned.predictions, refs, dataset.labels
+                    )
+        result.strongest_base = strongest(
+            {n: m.metrics[headline]["value"] for n, m in models.items() if n.startswith("base_")}
+        )
         if result.strongest_base is not None:
             result.outcomes = outcomes(tuned.right, models[result.strongest_base].right)
     if general_answers:
@@ -227,7 +273,9 @@ def evaluate(
     return result
 
 
-def _score_variant(cfg, task, variant: Variant, loaded, examples, refs, labels, console) -> ModelScores:
+def _score_variant(
+    cfg, task, variant: Variant, loaded, examples, refs, labels, console
+) -> ModelScores:
     chat = ChatTokenizer(loaded.tokenizer, None, cfg.data.max_seq_len)
     prompts = [chat.encode_prompt(variant_messages(variant, e.prompt_messages)) for e in examples]
     allowed = None
@@ -241,17 +289,34 @@ def _score_variant(cfg, task, variant: Variant, loaded, examples, refs, labels, 
             done = progress.tasks[t].completed + n
             progress.update(t, completed=done, rate=done / (time.perf_counter() - started))
 
-        answers = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=cfg.evaluate.max_new_tokens,
-                           batch_size=cfg.evaluate.batch_size, allowed_sequences=allowed, on_batch_done=advance)
+        answers = generate(
+            loaded.model,
+            loaded.tokenizer,
+            prompts,
+            max_new_tokens=cfg.evaluate.max_new_tokens,
+            batch_size=cfg.evaluate.batch_size,
+            allowed_sequences=allowed,
+            on_batch_done=advance,
+        )
     seconds = time.perf_counter() - started
     per_example, preds, metrics = _score(task, answers, refs, labels)
-    if cfg.evaluate.judge.enabled:  # an LLM grades each answer against its reference; cached in eval/
+    if (
+        cfg.evaluate.judge.enabled
+    ):  # an LLM grades each answer against its reference; cached in eval/
         from tunewright.evaluate.judge import judge_metrics
 
         metrics |= judge_metrics(cfg, examples, answers)
     scores = per_example.tolist()
-    return ModelScores(variant.name, variant.description, metrics, scores, right_flags(task, scores), answers,
-                       preds, seconds)
+    return ModelScores(
+        variant.name,
+        variant.description,
+        metrics,
+        scores,
+        right_flags(task, scores),
+        answers,
+        preds,
+        seconds,
+    )
 
 
 def _write(folder: Path, result: EvalResult, examples) -> Path:
@@ -261,8 +326,10 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
         "task": result.task,
         "headline": result.headline,
         "n_examples": result.n_examples,
-        "models": {n: {"description": m.description, "metrics": m.metrics, "seconds": m.seconds}
-                   for n, m in result.models.items()},
+        "models": {
+            n: {"description": m.description, "metrics": m.metrics, "seconds": m.seconds}
+            for n, m in result.models.items()
+        },
         "strongest_base": result.strongest_base,
         "comparison": result.comparison,
         "comparisons": result.comparisons,
@@ -271,10 +338,18 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
     write_text_atomic(folder / "results.json", json.dumps(summary, indent=2))
     rows = []
     for i, example in enumerate(examples):
-        row = {"source": example.source, "prompt": result.prompts[i], "reference": example.reference}
+        row = {
+            "source": example.source,
+            "prompt": result.prompts[i],
+            "reference": example.reference,
+        }
         for name, scores in result.models.items():
-            row[name] = {"answer": scores.answers[i].text, "score": scores.per_example[i],
-                         "right": scores.right[i], "stopped": scores.answers[i].stopped}
+            row[name] = {
+                "answer": scores.answers[i].text,
+                "score": scores.per_example[i],
+                "right": scores.right[i],
+                "stopped": scores.answers[i].stopped,
+            }
             if scores.predictions is not None:
                 row[name]["prediction"] = scores.predictions[i]
         if result.outcomes is not None:

@@ -139,10 +139,14 @@ def bootstrap_ci_fn(
     return Interval(low=low, high=high, point=float(fn(np.arange(n))))
 
 
-def _per_resample(n: int, fn: Callable[[np.ndarray], float], n_resamples: int, seed: int) -> np.ndarray:
+def _per_resample(
+    n: int, fn: Callable[[np.ndarray], float], n_resamples: int, seed: int
+) -> np.ndarray:
     """`fn` of every resample's index row."""
     return np.fromiter(
-        (fn(row) for idx in _resample_blocks(n, n_resamples, seed) for row in idx), dtype=np.float64, count=n_resamples
+        (fn(row) for idx in _resample_blocks(n, n_resamples, seed) for row in idx),
+        dtype=np.float64,
+        count=n_resamples,
     )
 
 

@@ -31,7 +31,9 @@ def write_adapter(tuned: TunedRun, folder: Path) -> list[str]:
     if peft_config.use_dora:
         notes.append("DoRA adapters load in peft, but vLLM's LoRA serving does not support them")
     if peft_config.modules_to_save:
-        notes.append("the adapter saves whole modules (modules_to_save), which vLLM's LoRA serving rejects")
+        notes.append(
+            "the adapter saves whole modules (modules_to_save), which vLLM's LoRA serving rejects"
+        )
     return notes
 
 

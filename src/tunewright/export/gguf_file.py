@@ -47,15 +47,23 @@ def check_supported(model: PreTrainedModel) -> None:
         "attention_bias": config.attention_bias,
         "mlp_bias": config.mlp_bias,
         "hidden_act": config.hidden_act if config.hidden_act != "silu" else None,
-        "rope_type": rope.get("rope_type") if rope.get("rope_type", "default") != "default" else None,
+        "rope_type": rope.get("rope_type")
+        if rope.get("rope_type", "default") != "default"
+        else None,
     }
     unsupported = {k: v for k, v in unsupported.items() if v}
     if unsupported:
-        raise ExportError(f"GGUF export does not write Llama variants with {unsupported} yet; export `merged` instead")
+        raise ExportError(
+            f"GGUF export does not write Llama variants with {unsupported} yet; export `merged` instead"
+        )
 
 
 def write_gguf(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, quant: GGUFQuant, name: str
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: Path,
+    quant: GGUFQuant,
+    name: str,
 ) -> dict[str, int]:
     """Write `model` (merged, fp32) as a GGUF file; returns how many tensors got each type."""
     check_supported(model)
@@ -73,7 +81,9 @@ def write_gguf(
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    if head_dim * config.num_attention_heads != config.hidden_size:  # llama.cpp assumes it otherwise
+    if (
+        head_dim * config.num_attention_heads != config.hidden_size
+    ):  # llama.cpp assumes it otherwise
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_vocab_size(config.vocab_size)
@@ -85,7 +95,11 @@ def write_gguf(
     for gguf_name, data in _llama_tensors(model):
         encoded, raw_dtype = _encode(data, quant)
         writer.add_tensor(gguf_name, encoded, raw_dtype=raw_dtype)
-        kind = (raw_dtype.name if raw_dtype is not None else {np.float32: "F32", np.float16: "F16"}[encoded.dtype.type])
+        kind = (
+            raw_dtype.name
+            if raw_dtype is not None
+            else {np.float32: "F32", np.float16: "F16"}[encoded.dtype.type]
+        )
         counts[kind] = counts.get(kind, 0) + 1
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -120,10 +134,16 @@ def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     for k); transformers' `LlamaTensorProcessor._reverse_permute_weights` undoes it.
     """
     shape = weights.shape
-    return weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+    return (
+        weights.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:])
+        .swapaxes(1, 2)
+        .reshape(shape)
+    )
 
 
-def _encode(data: np.ndarray, quant: GGUFQuant) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+def _encode(
+    data: np.ndarray, quant: GGUFQuant
+) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
     """The array to write and its raw GGML type (None: the writer infers it from the numpy dtype)."""
     if data.ndim == 1:
         return data.astype(np.float32), None  # norms stay f32, as llama.cpp's converter keeps them
@@ -144,7 +164,10 @@ def load_gguf(folder: Path, filename: str):
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     # without GgufConfig(dequantize=True) transformers 5 returns a model that cannot run on CPU here
     model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=filename, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        folder,
+        gguf_file=filename,
+        quantization_config=GgufConfig(dequantize=True),
+        dtype=torch.float32,
     )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

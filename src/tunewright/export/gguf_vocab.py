@@ -41,7 +41,9 @@ def gguf_vocab(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> GGUFVocab
             f"{decoder.get('type')} decoder"
         )
     if spec.get("normalizer") is not None:
-        raise ExportError("GGUF export: the tokenizer has a normalizer, which llama.cpp's BPE vocabulary cannot express")
+        raise ExportError(
+            "GGUF export: the tokenizer has a normalizer, which llama.cpp's BPE vocabulary cannot express"
+        )
     backend = tokenizer.backend_tokenizer
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     tokens, types = [], []
@@ -52,17 +54,25 @@ def gguf_vocab(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> GGUFVocab
             types.append(gguf.TokenType.UNUSED)
         elif i in added:
             tokens.append(token)
-            types.append(gguf.TokenType.CONTROL if added[i]["special"] else gguf.TokenType.USER_DEFINED)
+            types.append(
+                gguf.TokenType.CONTROL if added[i]["special"] else gguf.TokenType.USER_DEFINED
+            )
         else:
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     if len(tokenizer) > vocab_size:
-        raise ExportError(f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} embeddings")
+        raise ExportError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {vocab_size} embeddings"
+        )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     special_ids = {
         name: token_id
-        for name, token_id in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
-                               ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id))
+        for name, token_id in (
+            ("bos", tokenizer.bos_token_id),
+            ("eos", tokenizer.eos_token_id),
+            ("unk", tokenizer.unk_token_id),
+            ("pad", tokenizer.pad_token_id),
+        )
         if token_id is not None
     }
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -88,8 +98,12 @@ def write_vocab(writer: gguf.GGUFWriter, vocab: GGUFVocab) -> None:
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.token_types)
     writer.add_token_merges(vocab.merges)
-    adders = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
-              "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
+    adders = {
+        "bos": writer.add_bos_token_id,
+        "eos": writer.add_eos_token_id,
+        "unk": writer.add_unk_token_id,
+        "pad": writer.add_pad_token_id,
+    }
     for name, token_id in vocab.special_ids.items():
         adders[name](token_id)
     writer.add_add_bos_token(vocab.add_bos)
@@ -103,12 +117,18 @@ def pre_tokenizer_name(pre: dict | None) -> str:
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
     if pre is None:
-        raise ExportError("GGUF export: the tokenizer has no pre-tokenizer; llama.cpp would split text differently")
+        raise ExportError(
+            "GGUF export: the tokenizer has no pre-tokenizer; llama.cpp would split text differently"
+        )
     if pre["type"] == "ByteLevel" and pre.get("use_regex", True):
         return "gpt-2"
     steps = pre.get("pretokenizers", []) if pre["type"] == "Sequence" else []
     kinds = [s["type"] for s in steps]
-    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+    if (
+        kinds == ["Digits", "ByteLevel"]
+        and steps[0].get("individual_digits")
+        and steps[1].get("use_regex", True)
+    ):
         return "smollm"  # SmolLM's own tokenizer.json: single digits, then the GPT-2 split
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         regex = steps[0].get("pattern", {}).get("Regex")

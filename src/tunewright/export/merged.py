@@ -20,7 +20,9 @@ from transformers import (
 from tunewright.evaluate.generate import stop_token_ids
 
 
-def write_merged(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> list[str]:
+def write_merged(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path
+) -> list[str]:
     """Save the merged model, tokenizer and a generation config that stops at end-of-turn."""
     generation_config = model.generation_config
     # stop at the chat template's end-of-turn token as well as EOS, as evaluation does

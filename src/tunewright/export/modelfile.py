@@ -14,14 +14,16 @@ from transformers import PreTrainedTokenizerBase
 
 from tunewright.evaluate.generate import stop_token_ids
 
-_CHATML_TEMPLATE = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-)
+_CHATML_TEMPLATE = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
 
 def modelfile(gguf_name: str, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None) -> str:
     """The Modelfile text for `gguf_name` (a file in the same folder)."""
-    lines = ["# ollama create <name> -f Modelfile    (written by tunewright export)", f"FROM ./{gguf_name}", ""]
+    lines = [
+        "# ollama create <name> -f Modelfile    (written by tunewright export)",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     chatml = "<|im_start|>" in template
     if chatml:

@@ -35,7 +35,9 @@ FALLBACK_QUESTIONS = (
     "What is 12 times 7?",
     "Name three colours.",
 )
-_BATCH = 32  # prompts per forward pass; logits of a batch are batch x tokens x vocab floats (~200 MB)
+_BATCH = (
+    32  # prompts per forward pass; logits of a batch are batch x tokens x vocab floats (~200 MB)
+)
 
 
 @dataclass
@@ -76,7 +78,9 @@ class ParityPrompts:
 class Reference:
     """The tuned model in memory, with its greedy answers computed once for every export."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: ParityPrompts):
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: ParityPrompts
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.prompts = prompts
@@ -86,7 +90,9 @@ class Reference:
     @property
     def answers(self) -> list[str]:
         if self._answers is None:
-            self._answers = _greedy(self.model, self.tokenizer, self.ids, self.prompts.max_new_tokens)
+            self._answers = _greedy(
+                self.model, self.tokenizer, self.ids, self.prompts.max_new_tokens
+            )
         return self._answers
 
 
@@ -102,15 +108,21 @@ def check_parity(
     """Compare a reloaded export with the reference on the reference's prompts."""
     model.eval()
     ids = _encode(tokenizer, reference.prompts)
-    max_diff, mean_diff = _logit_diffs(reference.model, model, reference.ids, reference.tokenizer.pad_token_id)
+    max_diff, mean_diff = _logit_diffs(
+        reference.model, model, reference.ids, reference.tokenizer.pad_token_id
+    )
     answers = _greedy(model, tokenizer, ids, reference.prompts.max_new_tokens)
     same = [a == b for a, b in zip(reference.answers, answers)]
     n = len(same)
     agreement = sum(same) / n
     disagreements = [
-        {"prompt": reference.prompts.conversations[i][-1].content, "tuned": reference.answers[i],
-         "exported": answers[i]}
-        for i in range(n) if not same[i]
+        {
+            "prompt": reference.prompts.conversations[i][-1].content,
+            "tuned": reference.answers[i],
+            "exported": answers[i],
+        }
+        for i in range(n)
+        if not same[i]
     ][:5]
     return ParityReport(
         artifact=artifact,
@@ -128,15 +140,21 @@ def check_parity(
     )
 
 
-def load_parity_prompts(run_dir: Path, system_prompt: str | None, max_new_tokens: int, limit: int | None) -> ParityPrompts:
+def load_parity_prompts(
+    run_dir: Path, system_prompt: str | None, max_new_tokens: int, limit: int | None
+) -> ParityPrompts:
     """The run's test prompts (the first `limit`, in file order), or a small built-in set."""
     from tunewright.data.prepare import load_prepared
 
     data = run_dir / "data"
     if (data / "summary.json").is_file():
-        conversations = [e.prompt_messages for e in load_prepared(data).test if e.is_chat][: limit or None]
+        conversations = [e.prompt_messages for e in load_prepared(data).test if e.is_chat][
+            : limit or None
+        ]
         if conversations:
-            return ParityPrompts(conversations, system_prompt, f"{data} (test split)", max_new_tokens)
+            return ParityPrompts(
+                conversations, system_prompt, f"{data} (test split)", max_new_tokens
+            )
     conversations = [(Message("user", q),) for q in FALLBACK_QUESTIONS]
     return ParityPrompts(conversations, system_prompt, "built-in questions", max_new_tokens)
 
@@ -147,11 +165,16 @@ def _encode(tokenizer: PreTrainedTokenizerBase, prompts: ParityPrompts) -> list[
 
 
 def _greedy(model, tokenizer, ids: list[list[int]], max_new_tokens: int) -> list[str]:
-    return [g.text for g in generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=_BATCH)]
+    return [
+        g.text
+        for g in generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=_BATCH)
+    ]
 
 
 @torch.inference_mode()
-def _logit_diffs(a: torch.nn.Module, b: torch.nn.Module, prompts: list[list[int]], pad_id: int) -> tuple[float, float]:
+def _logit_diffs(
+    a: torch.nn.Module, b: torch.nn.Module, prompts: list[list[int]], pad_id: int
+) -> tuple[float, float]:
     """(max, mean) absolute logit difference over every real (non-padding) prompt position."""
     max_diff, total, count = 0.0, 0.0, 0
     for start in range(0, len(prompts), _BATCH):

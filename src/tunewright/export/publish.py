@@ -42,7 +42,9 @@ def check_owner(target: Path, run_dir: Path) -> None:
                 "Choose another output folder or delete it yourself."
             )
     elif any(target.iterdir()):
-        raise ExportError(f"{target} is not empty and is not a tunewright export; choose another output folder")
+        raise ExportError(
+            f"{target} is not empty and is not a tunewright export; choose another output folder"
+        )
 
 
 @contextmanager
@@ -76,8 +78,13 @@ def staged_folder(target: Path, run_dir: Path) -> Iterator[Path]:
 def write_manifest(folder: Path, run_dir: Path, artifact: str, **extra) -> None:
     """Mark a staged folder as an export of `run_dir`; written last, so it also marks completeness."""
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    manifest = {"run_dir": str(run_dir.resolve()), "artifact": artifact, "created": time.time(), "files": files,
-                **extra}
+    manifest = {
+        "run_dir": str(run_dir.resolve()),
+        "artifact": artifact,
+        "created": time.time(),
+        "files": files,
+        **extra,
+    }
     write_json_atomic(folder / MANIFEST, manifest)
 
 

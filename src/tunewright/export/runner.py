@@ -67,10 +67,14 @@ def export(
     run_dir = Path(run_dir)
     unknown = [f for f in formats if f not in FORMATS] + [q for q in quants if q not in QUANTS]
     if unknown:
-        raise ExportError(f"unknown export format or quantisation {unknown}; choose from {FORMATS} and {QUANTS}")
+        raise ExportError(
+            f"unknown export format or quantisation {unknown}; choose from {FORMATS} and {QUANTS}"
+        )
     tuned = load_tuned(run_dir)
     out = Path(output_dir) if output_dir is not None else run_dir / "export"
-    artifacts = [(f, None) for f in formats if f != "gguf"] + [("gguf", q) for q in quants if "gguf" in formats]
+    artifacts = [(f, None) for f in formats if f != "gguf"] + [
+        ("gguf", q) for q in quants if "gguf" in formats
+    ]
     merged = merged_copy(tuned) if any(f != "adapter" for f, _ in artifacts) else None
     if "gguf" in formats:
         check_supported(merged)  # refuse before any work is done
@@ -100,14 +104,19 @@ def export(
     if failed:
         raise ExportError(
             "not published, parity check failed: "
-            + "; ".join(f"{p.artifact} agrees on {p.greedy_agreement:.1%} of greedy answers (needs "
-                        f"{p.min_greedy_agreement:.0%})" for p in failed)
+            + "; ".join(
+                f"{p.artifact} agrees on {p.greedy_agreement:.1%} of greedy answers (needs "
+                f"{p.min_greedy_agreement:.0%})"
+                for p in failed
+            )
             + f". Figures and disagreeing answers: {run_dir / 'export' / PARITY_FILE}"
         )
     return results
 
 
-def _export_one(tuned: TunedRun, merged, reference: Reference, fmt: str, quant: str | None, target: Path) -> ExportResult:
+def _export_one(
+    tuned: TunedRun, merged, reference: Reference, fmt: str, quant: str | None, target: Path
+) -> ExportResult:
     """Write one artifact into a staged folder, check its parity, and publish it if it passes."""
     artifact = target.name
     try:
@@ -121,18 +130,26 @@ def _export_one(tuned: TunedRun, merged, reference: Reference, fmt: str, quant: 
             else:
                 filename = f"{tuned.cfg.name}-{quant}.gguf"
                 counts = write_gguf(merged, tuned.tokenizer, tmp / filename, quant, tuned.cfg.name)
-                (tmp / "Modelfile").write_text(modelfile(filename, tuned.tokenizer, tuned.cfg.data.system_prompt))
+                (tmp / "Modelfile").write_text(
+                    modelfile(filename, tuned.tokenizer, tuned.cfg.data.system_prompt)
+                )
                 notes = [f"tensor types: {counts}"]
                 model, tokenizer = load_gguf(tmp, filename)
             parity = check_parity(
-                reference, model, tokenizer, artifact=artifact, base_model=tuned.cfg.model.name,
+                reference,
+                model,
+                tokenizer,
+                artifact=artifact,
+                base_model=tuned.cfg.model.name,
                 min_greedy_agreement=MIN_GREEDY_AGREEMENT[quant or fmt],
             )
             del model
             write_json_atomic(tmp / PARITY_FILE, parity.to_json())
             if not parity.passed:
                 raise _NotPublished  # the staged folder is discarded; the target stays as it was
-            write_manifest(tmp, tuned.run_dir, artifact, base_model=tuned.cfg.model.name, method=tuned.method)
+            write_manifest(
+                tmp, tuned.run_dir, artifact, base_model=tuned.cfg.model.name, method=tuned.method
+            )
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     except _NotPublished:
         return ExportResult(artifact, None, [], parity, notes, 0.0)

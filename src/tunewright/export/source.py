@@ -48,7 +48,9 @@ def read_run_config(run_dir: Path) -> RunConfig:
         base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
         return RunConfig(name=run_dir.name, output_dir=str(run_dir.parent), model={"name": base})
     if (run_dir / "model" / "config.json").is_file():
-        return RunConfig(name=run_dir.name, output_dir=str(run_dir.parent), train={"method": "full"})
+        return RunConfig(
+            name=run_dir.name, output_dir=str(run_dir.parent), train={"method": "full"}
+        )
     raise TunewrightError(f"{run_dir} is not a trained run folder (no adapter/ or model/ inside)")
 
 
@@ -78,7 +80,9 @@ def load_tuned(run_dir: str | Path) -> TunedRun:
         tokenizer = loaded.tokenizer
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32, use_safetensors=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                trained, dtype=torch.float32, use_safetensors=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(trained)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"could not load the tuned model in {trained}: {e}") from None

@@ -31,10 +31,19 @@ def chat(
     """
     console = console or Console()
     models = load_models([source])
-    served = next((m for m in models.served.values() if m.adapter is not None), None) or next(iter(models.served.values()))
-    engine = Engine(models.model, models.tokenizer, max_batch_size=1, adapters=models.has_adapters).start()
-    history: list[dict[str, str]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    console.print(f"chatting with [bold]{served.name}[/] - /reset starts over, /exit (or Ctrl-D) quits", highlight=False)
+    served = next((m for m in models.served.values() if m.adapter is not None), None) or next(
+        iter(models.served.values())
+    )
+    engine = Engine(
+        models.model, models.tokenizer, max_batch_size=1, adapters=models.has_adapters
+    ).start()
+    history: list[dict[str, str]] = (
+        [{"role": "system", "content": system_prompt}] if system_prompt else []
+    )
+    console.print(
+        f"chatting with [bold]{served.name}[/] - /reset starts over, /exit (or Ctrl-D) quits",
+        highlight=False,
+    )
     try:
         while True:
             try:
@@ -51,11 +60,16 @@ def chat(
             history.append({"role": "user", "content": line})
             prompt = models.chat_prompt_ids(served, history)
             if len(prompt) + max_tokens > models.max_context:
-                console.print("[yellow]the conversation no longer fits the context; /reset to start over[/]")
+                console.print(
+                    "[yellow]the conversation no longer fits the context; /reset to start over[/]"
+                )
                 history.pop()
                 continue
-            answer = _stream_answer(engine, Job(prompt, Sampling(max_tokens, temperature, top_p), None,
-                                                adapter=served.adapter), console)
+            answer = _stream_answer(
+                engine,
+                Job(prompt, Sampling(max_tokens, temperature, top_p), None, adapter=served.adapter),
+                console,
+            )
             history.append({"role": "assistant", "content": answer})
     finally:
         engine.close()
@@ -83,4 +97,3 @@ def _stream_answer(engine: Engine, job: Job, console: Console) -> str:
         console.print("[yellow] (stopped)[/]", end="")
     console.file.write("\n")
     return "".join(parts)
-

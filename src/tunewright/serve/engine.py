@@ -136,7 +136,9 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stops = set(stop_token_ids(tokenizer))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stops)
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stops)
+        )
         self.max_batch_size = max_batch_size
         self.adapters = adapters  # True when `model` is a PeftModel serving adapters by name
         self._queue: queue.Queue[Job] = queue.Queue(max_queue)
@@ -162,7 +164,9 @@ class Engine:
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            raise EngineBusy(f"{self._queue.maxsize} requests are already waiting; retry shortly") from None
+            raise EngineBusy(
+                f"{self._queue.maxsize} requests are already waiting; retry shortly"
+            ) from None
 
     @property
     def load(self) -> dict[str, int]:
@@ -178,21 +182,29 @@ class Engine:
                 except Exception as e:  # fail this batch's requests, keep serving the next ones
                     log.exception("generation failed")
                     for row in self._rows:
-                        row.job.send(Delta("", "error", error=f"generation failed: {type(e).__name__}: {e}"))
+                        row.job.send(
+                            Delta("", "error", error=f"generation failed: {type(e).__name__}: {e}")
+                        )
                     for job in jobs:  # admitted or not: `send` ignores the ones already finished
-                        job.send(Delta("", "error", error=f"generation failed: {type(e).__name__}: {e}"))
+                        job.send(
+                            Delta("", "error", error=f"generation failed: {type(e).__name__}: {e}")
+                        )
                     self._reset()
             for row in self._rows:
                 row.job.send(Delta("", "error", error="the server is shutting down"))
             while not self._queue.empty():
-                self._queue.get_nowait().send(Delta("", "error", error="the server is shutting down"))
+                self._queue.get_nowait().send(
+                    Delta("", "error", error="the server is shutting down")
+                )
 
     def _take(self, block: bool) -> list[Job]:
         """Waiting jobs that fit in the batch; waits for one when the batch is empty."""
         jobs: list[Job] = []
         while len(self._rows) + len(jobs) < self.max_batch_size:
             try:
-                job = self._queue.get(timeout=0.1) if block and not jobs else self._queue.get_nowait()
+                job = (
+                    self._queue.get(timeout=0.1) if block and not jobs else self._queue.get_nowait()
+                )
             except queue.Empty:
                 if block and not jobs and not self._closed.is_set():
                     continue
@@ -218,7 +230,9 @@ class Engine:
             if row.job.cancelled.is_set():
                 continue
             if row.job.deadline is not None and now > row.job.deadline:
-                row.job.send(Delta("", "error", completion_tokens=len(row.tokens), error="timed out"))
+                row.job.send(
+                    Delta("", "error", completion_tokens=len(row.tokens), error="timed out")
+                )
                 continue
             if not row.advance(int(next_tokens[i])):
                 keep.append(i)
@@ -229,7 +243,9 @@ class Engine:
             next_tokens = next_tokens[keep]
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
         positions = torch.tensor([[row.position] for row in self._rows])
-        self._logits = self._forward(self._rows, next_tokens[:, None], self._mask, positions, self._cache)
+        self._logits = self._forward(
+            self._rows, next_tokens[:, None], self._mask, positions, self._cache
+        )
         for row in self._rows:
             row.position += 1
 
@@ -249,7 +265,9 @@ class Engine:
             self._rows, self._cache, self._mask, self._logits = new_rows, cache, mask, logits
             return
         length = max(self._mask.shape[1], width)
-        self._cache = _concat_caches([(self._cache, length - self._mask.shape[1]), (cache, length - width)])
+        self._cache = _concat_caches(
+            [(self._cache, length - self._mask.shape[1]), (cache, length - width)]
+        )
         self._mask = torch.cat([_pad_left(self._mask, length), _pad_left(mask, length)])
         self._logits = torch.cat([self._logits, logits])
         self._rows = self._rows + new_rows
@@ -260,8 +278,13 @@ class Engine:
         if self.adapters:
             kwargs["adapter_names"] = [row.job.adapter or BASE_ADAPTER for row in rows]
         out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions,
-            cache=cache, use_cache=True, logits_to_keep=1, **kwargs,
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
         )
         return out.logits[:, -1].float()
 
@@ -275,7 +298,9 @@ class Engine:
             probs = torch.softmax(self._logits[i] / s.temperature, dim=-1)
             if s.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
-                outside = sorted_probs.cumsum(-1) - sorted_probs > s.top_p  # keep the smallest set reaching top_p
+                outside = (
+                    sorted_probs.cumsum(-1) - sorted_probs > s.top_p
+                )  # keep the smallest set reaching top_p
                 sorted_probs[outside] = 0.0
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             tokens[i] = torch.multinomial(probs, 1, generator=row.generator)[0]

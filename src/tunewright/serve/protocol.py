@@ -86,8 +86,13 @@ class CompletionRequest(_Generation):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
-def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
+def error_body(
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict:
     """OpenAI's error shape, which its client turns into typed exceptions."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
@@ -101,5 +106,8 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -48,7 +48,9 @@ class ModelSet:
         """
         if served.system_prompt and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": served.system_prompt}, *messages]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -84,7 +86,9 @@ def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> M
         else:
             candidate, served_as = source, path.name if path.exists() else source
         if base_name is not None and base_name != candidate:
-            raise TunewrightError(f"one server holds one base model: got both {base_name} and {candidate}")
+            raise TunewrightError(
+                f"one server holds one base model: got both {base_name} and {candidate}"
+            )
         base_name, base_served_as = candidate, served_as
     for name, folder in (adapters or {}).items():
         path = Path(folder).expanduser()
@@ -108,12 +112,16 @@ def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> M
 
         for i, adapter in enumerate(found):
             if adapter.name in served:
-                raise TunewrightError(f"two models are both named '{adapter.name}'; rename one (NAME=PATH)")
+                raise TunewrightError(
+                    f"two models are both named '{adapter.name}'; rename one (NAME=PATH)"
+                )
             if i == 0:
                 model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name)
             else:
                 model.load_adapter(adapter.path, adapter_name=adapter.name)
-            served[adapter.name] = ServedModel(adapter.name, adapter.name, adapter.system_prompt, str(adapter.path))
+            served[adapter.name] = ServedModel(
+                adapter.name, adapter.name, adapter.system_prompt, str(adapter.path)
+            )
     model.eval()
     return ModelSet(model, loaded.tokenizer, served, int(model.config.max_position_embeddings))
 

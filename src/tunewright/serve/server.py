@@ -63,7 +63,9 @@ def _listen(settings: ServeSettings) -> socket.socket:
         sock.bind((settings.host, settings.port))
     except OSError as e:
         sock.close()
-        raise TunewrightError(f"cannot listen on {settings.host}:{settings.port}: {e.strerror}") from None
+        raise TunewrightError(
+            f"cannot listen on {settings.host}:{settings.port}: {e.strerror}"
+        ) from None
     sock.listen(2048)
     return sock
 
@@ -72,10 +74,17 @@ def _uvicorn(models: ModelSet, settings: ServeSettings):
     try:
         import uvicorn
     except ImportError:
-        raise TunewrightError("serving needs fastapi and uvicorn: pip install fastapi uvicorn") from None
+        raise TunewrightError(
+            "serving needs fastapi and uvicorn: pip install fastapi uvicorn"
+        ) from None
     check_bind(settings)
-    engine = Engine(models.model, models.tokenizer, max_batch_size=settings.max_batch_size,
-                    max_queue=settings.max_queue, adapters=models.has_adapters).start()
+    engine = Engine(
+        models.model,
+        models.tokenizer,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue,
+        adapters=models.has_adapters,
+    ).start()
     app = create_app(models, engine, settings)
     config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=30, access_log=False)
     return uvicorn.Server(config), engine
@@ -86,7 +95,9 @@ def start_server(models: ModelSet, settings: ServeSettings) -> RunningServer:
     check_bind(settings)
     sock = _listen(settings)
     server, engine = _uvicorn(models, settings)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tunewright-http", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="tunewright-http", daemon=True
+    )
     thread.start()
     while not server.started:
         if not thread.is_alive():
@@ -97,8 +108,13 @@ def start_server(models: ModelSet, settings: ServeSettings) -> RunningServer:
     return RunningServer(f"http://{_url_host(host)}:{port}", models, engine, server, thread)
 
 
-def serve(sources: list[str], settings: ServeSettings, *, adapters: dict[str, str] | None = None,
-          console: Console | None = None) -> None:
+def serve(
+    sources: list[str],
+    settings: ServeSettings,
+    *,
+    adapters: dict[str, str] | None = None,
+    console: Console | None = None,
+) -> None:
     """Load `sources` (a model or run folders) and serve them until interrupted."""
     console = console or Console(stderr=True)
     check_bind(settings)  # before the slow model load
@@ -107,8 +123,13 @@ def serve(sources: list[str], settings: ServeSettings, *, adapters: dict[str, st
     server, engine = _uvicorn(models, settings)
     host, port = sock.getsockname()[:2]
     base = f"http://{_url_host(host)}:{port}/v1"
-    console.print(f"serving {', '.join(models.served)} at {base}" + (" (API key required)" if settings.api_key else ""))
-    console.print(f"  e.g. OpenAI(base_url='{base}', api_key='{'<key>' if settings.api_key else 'none'}')")
+    console.print(
+        f"serving {', '.join(models.served)} at {base}"
+        + (" (API key required)" if settings.api_key else "")
+    )
+    console.print(
+        f"  e.g. OpenAI(base_url='{base}', api_key='{'<key>' if settings.api_key else 'none'}')"
+    )
     logging.getLogger("tunewright.serve").setLevel(logging.INFO)
     try:
         server.run(sockets=[sock])

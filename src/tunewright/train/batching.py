@@ -32,7 +32,9 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[i
     return batches
 
 
-def batch_schedule(lengths: list[int], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+def batch_schedule(
+    lengths: list[int], batch_size: int, epochs: float, seed: int
+) -> list[list[int]]:
     """All micro-batches of the run; a fractional epoch takes a prefix of the last one."""
     per_epoch = math.ceil(len(lengths) / batch_size)
     total = max(1, round(per_epoch * epochs))

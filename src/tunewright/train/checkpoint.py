@@ -115,7 +115,9 @@ def gather_rng_states() -> list[RngState]:
     if not dist.is_initialized():
         return [mine]
     states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, mine)  # pickled over the wire only; the checkpoint stays pickle-free
+    dist.all_gather_object(
+        states, mine
+    )  # pickled over the wire only; the checkpoint stays pickle-free
     return states
 
 
@@ -357,12 +359,16 @@ def _write_files(
     states = rng if isinstance(rng, list) else [rng]
     # rank 0 unprefixed: the layout of a single-process checkpoint
     rng_meta: dict[str, Any] = {"numpy": states[0]["numpy"], "python": states[0]["python"]}
-    rng_meta |= {f"rank{r}": {"numpy": s["numpy"], "python": s["python"]} for r, s in enumerate(states) if r}
+    rng_meta |= {
+        f"rank{r}": {"numpy": s["numpy"], "python": s["python"]} for r, s in enumerate(states) if r
+    }
     rng_tensors: dict[str, torch.Tensor] = {}
     for rank, state in enumerate(states):
         prefix = f"rank{rank}." if rank else ""
         rng_tensors[f"{prefix}torch_cpu"] = state["torch_cpu"]
-        rng_tensors |= {f"{prefix}torch_cuda.{i}": cuda for i, cuda in enumerate(state["torch_cuda"])}
+        rng_tensors |= {
+            f"{prefix}torch_cuda.{i}": cuda for i, cuda in enumerate(state["torch_cuda"])
+        }
     _write_json(folder / "rng.json", rng_meta)
     _save_tensors(folder / "rng.safetensors", rng_tensors)
     optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
@@ -430,7 +436,9 @@ def load_checkpoint(
     if unknown:
         raise KeyError(f"{path / 'model.safetensors'} has tensors the model lacks: {unknown[:5]}")
     optimizer_state = _join_optimizer(
-        optimizer, load_file(str(path / "optimizer.safetensors")), _read_json(path / "optimizer.json")
+        optimizer,
+        load_file(str(path / "optimizer.safetensors")),
+        _read_json(path / "optimizer.json"),
     )
     if sharded:
         load_full_state(model, optimizer, state, optimizer_state)

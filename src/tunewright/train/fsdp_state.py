@@ -55,9 +55,13 @@ def load_full_state(
     )
 
     # strict=False: a LoRA checkpoint holds only the adapters; the frozen base keeps its weights
-    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_model_state_dict(
+        model, model_state, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
     named = _named(optimizer_state, model, optimizer)
-    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        model, optimizer, named, options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def _numbered(state: dict[str, Any]) -> dict[str, Any]:
@@ -67,15 +71,26 @@ def _numbered(state: dict[str, Any]) -> dict[str, Any]:
     position = {name: i for i, name in enumerate(names)}
     return {
         "state": {position[name]: values for name, values in state["state"].items()},
-        "param_groups": [group | {"params": [position[n] for n in group["params"]]} for group in state["param_groups"]],
+        "param_groups": [
+            group | {"params": [position[n] for n in group["params"]]}
+            for group in state["param_groups"]
+        ],
     }
 
 
-def _named(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _named(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """The inverse of `_numbered`, for this optimizer's parameters."""
     name_of = {id(p): name for name, p in model.named_parameters()}
-    names = [name_of[id(p)] for p in chain.from_iterable(group["params"] for group in optimizer.param_groups)]
+    names = [
+        name_of[id(p)]
+        for p in chain.from_iterable(group["params"] for group in optimizer.param_groups)
+    ]
     return {
         "state": {names[position]: values for position, values in state["state"].items()},
-        "param_groups": [group | {"params": [names[i] for i in group["params"]]} for group in state["param_groups"]],
+        "param_groups": [
+            group | {"params": [names[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
     }

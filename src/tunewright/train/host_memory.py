@@ -18,7 +18,9 @@ import ctypes
 import platform
 
 _M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 1 << 20  # smaller: more mmap calls for little gain; larger: fragmentation returns
+MMAP_THRESHOLD_BYTES = (
+    1 << 20
+)  # smaller: more mmap calls for little gain; larger: fragmentation returns
 
 
 def release_freed_tensors_to_os(threshold_bytes: int = MMAP_THRESHOLD_BYTES) -> bool:

@@ -45,7 +45,9 @@ def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: s
     """Freeze what does not train and add LoRA adapters when asked; returns the model to train."""
     if cfg.activation_checkpointing:
         # non-reentrant: correct with frozen embeddings (no enable_input_require_grads hack needed)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     if cfg.method == "full":
         # fp32 master weights even under bf16 autocast: pure-bf16 updates vanish in rounding
         model.float()
@@ -73,22 +75,34 @@ def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: s
     return get_peft_model(model, lora, autocast_adapter_dtype=True)
 
 
-def make_optimizer(model: nn.Module, trainable: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, trainable: dict[str, nn.Parameter], cfg: TrainConfig
+) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; under LoRA+ the B matrices get lr x loraplus_lr_ratio.
 
     LoRA+ (Hayou et al., 2024): B starts at zero and A at random, so one learning rate for both
     is too small for B; a larger one for B learns faster at no cost per step."""
     if cfg.method == "lora" and cfg.loraplus_lr_ratio:
-        return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.lr, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
-                                         loraplus_weight_decay=cfg.weight_decay)
+        return create_loraplus_optimizer(
+            model,
+            torch.optim.AdamW,
+            lr=cfg.lr,
+            loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+            loraplus_weight_decay=cfg.weight_decay,
+        )
     return torch.optim.AdamW(trainable.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _linear_module_names(model: PreTrainedModel) -> list[str]:
     """Leaf names of every nn.Linear except the output head (what peft's 'all-linear' means)."""
     head = model.get_output_embeddings()
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, nn.Linear) and module is not head})
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and module is not head
+        }
+    )
 
 
 def causal_lm_of(model: nn.Module) -> PreTrainedModel:
@@ -142,12 +156,25 @@ class ChunkedLossForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, labels, position_ids=None, loss_weights=None, prefix_ids=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        labels,
+        position_ids=None,
+        loss_weights=None,
+        prefix_ids=None,
+    ):
         causal_lm = causal_lm_of(self.model)
-        if prefix_ids is not None:  # rows that all follow one shared prefix (train/shared_prefix.py)
+        if (
+            prefix_ids is not None
+        ):  # rows that all follow one shared prefix (train/shared_prefix.py)
             hidden = body_after_prefix(causal_lm, prefix_ids, input_ids, attention_mask)
         else:
             hidden = causal_lm.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
             ).last_hidden_state
         return chunked_cross_entropy(hidden, causal_lm.lm_head.weight, labels, loss_weights)

@@ -58,11 +58,20 @@ def pick_prompts(count: int, seed: int) -> list[str]:
 
 def keep_finished(prompts: list[str], generations: list[Generation]) -> list[ReplayChat]:
     """Prompt/answer pairs whose answer ended on its own and is not empty."""
-    return [ReplayChat(p, g.text) for p, g in zip(prompts, generations, strict=True) if g.stopped and g.text]
+    return [
+        ReplayChat(p, g.text)
+        for p, g in zip(prompts, generations, strict=True)
+        if g.stopped and g.text
+    ]
 
 
 def base_replay(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, count: int, seed: int, model_name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    count: int,
+    seed: int,
+    model_name: str,
     cache_dir: Path | None,
 ) -> list[ReplayChat]:
     """The base model's greedy answers to `count` general prompts; read from `cache_dir` when it
@@ -74,24 +83,37 @@ def base_replay(
         lines = cache_path.read_text(encoding="utf-8").splitlines()
         if lines and json.loads(lines[0]) == key:
             return [ReplayChat(**json.loads(line)) for line in lines[1:]]
-    chat = ChatTokenizer(tokenizer, None, 10_000)  # no system prompt: plain chats, as the forgetting check asks
+    chat = ChatTokenizer(
+        tokenizer, None, 10_000
+    )  # no system prompt: plain chats, as the forgetting check asks
     encoded = [chat.encode_prompt((Message("user", p),)) for p in prompts]
-    generations = generate(model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH)
+    generations = generate(
+        model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH
+    )
     model.train()
     chats = keep_finished(prompts, generations)
-    if cache_path is not None:  # under DDP every rank writes the same answers: a unique temporary file each
-        lines = [json.dumps(key)] + [json.dumps({"prompt": c.prompt, "answer": c.answer}) for c in chats]
+    if (
+        cache_path is not None
+    ):  # under DDP every rank writes the same answers: a unique temporary file each
+        lines = [json.dumps(key)] + [
+            json.dumps({"prompt": c.prompt, "answer": c.answer}) for c in chats
+        ]
         write_text_atomic(cache_path, "\n".join(lines) + "\n")
     return chats
 
 
-def encode_replay(chats: list[ReplayChat], tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> list[TokenizedExample]:
+def encode_replay(
+    chats: list[ReplayChat], tokenizer: PreTrainedTokenizerBase, max_seq_len: int
+) -> list[TokenizedExample]:
     """Training examples of the replayed chats, without the run's system prompt; any longer than
     `max_seq_len` are left out."""
     chat = ChatTokenizer(tokenizer, None, max_seq_len)
     encoded = []
     for c in chats:
-        example = Example(messages=(Message("user", c.prompt), Message("assistant", c.answer)), source="general replay")
+        example = Example(
+            messages=(Message("user", c.prompt), Message("assistant", c.answer)),
+            source="general replay",
+        )
         try:
             encoded.append(chat.encode_example(example))
         except TooLongError:

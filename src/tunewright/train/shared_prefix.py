@@ -27,7 +27,9 @@ MIN_SHARED_TOKENS = 4
 
 
 def _first_trained(example: TokenizedExample) -> int:
-    return next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), len(example.labels))
+    return next(
+        (i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), len(example.labels)
+    )
 
 
 def shared_prefix_length(examples: list[TokenizedExample]) -> int:
@@ -36,21 +38,34 @@ def shared_prefix_length(examples: list[TokenizedExample]) -> int:
         return 0
     common = len(os.path.commonprefix([e.input_ids for e in examples]))
     # the prefix's last position must not predict a target (-1), and each row keeps a token (-1)
-    length = min(common, min(_first_trained(e) for e in examples) - 1, min(len(e.input_ids) for e in examples) - 1)
+    length = min(
+        common,
+        min(_first_trained(e) for e in examples) - 1,
+        min(len(e.input_ids) for e in examples) - 1,
+    )
     return length if length >= MIN_SHARED_TOKENS else 0
 
 
-def split_prefix(examples: list[TokenizedExample], length: int) -> tuple[list[int], list[TokenizedExample]]:
+def split_prefix(
+    examples: list[TokenizedExample], length: int
+) -> tuple[list[int], list[TokenizedExample]]:
     """The shared prefix's ids, and each example without it."""
     rest = [
-        TokenizedExample(e.input_ids[length:], e.labels[length:], None if e.loss_weights is None else e.loss_weights[length:])
+        TokenizedExample(
+            e.input_ids[length:],
+            e.labels[length:],
+            None if e.loss_weights is None else e.loss_weights[length:],
+        )
         for e in examples
     ]
     return list(examples[0].input_ids[:length]), rest
 
 
 def body_after_prefix(
-    causal_lm: PreTrainedModel, prefix_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    causal_lm: PreTrainedModel,
+    prefix_ids: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
 ) -> torch.Tensor:
     """Last hidden states [B, T, H] of the rows `input_ids` [B, T] that all follow `prefix_ids` [1, P]."""
     rows, prefix_len = input_ids.shape[0], prefix_ids.shape[1]
@@ -59,11 +74,15 @@ def body_after_prefix(
     if not all(type(layer) is DynamicLayer for layer in cache.layers):
         # sliding windows, linear attention: a cache we do not know how to broadcast; run rows in full
         full_ids = torch.cat([prefix_ids.expand(rows, -1), input_ids], dim=1)
-        hidden = causal_lm.model(input_ids=full_ids, attention_mask=full_mask, use_cache=False).last_hidden_state
+        hidden = causal_lm.model(
+            input_ids=full_ids, attention_mask=full_mask, use_cache=False
+        ).last_hidden_state
         return hidden[:, prefix_len:]
     causal_lm.model(input_ids=prefix_ids, cache=cache, use_cache=True)
     for layer in cache.layers:  # views: backward sums every row's gradient into the one prefix pass
         layer.keys = layer.keys.expand(rows, -1, -1, -1)
         layer.values = layer.values.expand(rows, -1, -1, -1)
     # position ids follow the cache length, so row tokens sit at the positions they have in full
-    return causal_lm.model(input_ids=input_ids, attention_mask=full_mask, cache=cache, use_cache=True).last_hidden_state
+    return causal_lm.model(
+        input_ids=input_ids, attention_mask=full_mask, cache=cache, use_cache=True
+    ).last_hidden_state

@@ -22,7 +22,10 @@ from tunewright.train.shared_prefix import shared_prefix_length, split_prefix
 def drop_untrained_tail(example: TokenizedExample) -> TokenizedExample:
     """Cut tokens after the last trained one (e.g. the newline after <|im_end|>): with causal
     attention they influence no loss, so computing them is pure waste."""
-    last = max((i for i, t in enumerate(example.labels) if t != IGNORE_INDEX), default=len(example.labels) - 1)
+    last = max(
+        (i for i, t in enumerate(example.labels) if t != IGNORE_INDEX),
+        default=len(example.labels) - 1,
+    )
     if last == len(example.labels) - 1:
         return example
     weights = None if example.loss_weights is None else example.loss_weights[: last + 1]
@@ -44,23 +47,41 @@ class MicroBatches:
     pad_id: int
     packed: bool
     _weights: list[float]
-    share_prefix: bool = False  # collate a micro-batch's common prompt start once (train/shared_prefix.py)
+    share_prefix: bool = (
+        False  # collate a micro-batch's common prompt start once (train/shared_prefix.py)
+    )
 
     @classmethod
-    def build(cls, chat: ChatTokenizer, examples: list[Example], pad_id: int, *, packing: bool,
-              max_seq_len: int, extra: list[TokenizedExample] = (), share_prefix: bool = False,
-              label_weighting: LabelWeighting = "none") -> MicroBatches:
+    def build(
+        cls,
+        chat: ChatTokenizer,
+        examples: list[Example],
+        pad_id: int,
+        *,
+        packing: bool,
+        max_seq_len: int,
+        extra: list[TokenizedExample] = (),
+        share_prefix: bool = False,
+        label_weighting: LabelWeighting = "none",
+    ) -> MicroBatches:
         """`extra`: examples already tokenised (general replay), trained alongside `examples`
         with weight 1. `label_weighting`: class weights for labelled examples (train/label_weights.py)."""
-        plain = [drop_untrained_tail(e) for e in [*(chat.encode_example(e) for e in examples), *extra]]
+        plain = [
+            drop_untrained_tail(e) for e in [*(chat.encode_example(e) for e in examples), *extra]
+        ]
         by_label = label_weights([e.label for e in examples], label_weighting)
-        weighted = [reweighted(unit, by_label.get(e.label, 1.0)) for unit, e in zip(plain, examples)] + plain[len(examples):]
+        weighted = [
+            reweighted(unit, by_label.get(e.label, 1.0)) for unit, e in zip(plain, examples)
+        ] + plain[len(examples) :]
 
         def arrange(encoded: list[TokenizedExample]) -> list:
             if not packing:
                 return encoded
             return pack_examples(
-                [{"input_ids": e.input_ids, "labels": e.labels, "loss_weights": e.loss_weights} for e in encoded],
+                [
+                    {"input_ids": e.input_ids, "labels": e.labels, "loss_weights": e.loss_weights}
+                    for e in encoded
+                ],
                 max_seq_len,
             )
 
@@ -70,7 +91,10 @@ class MicroBatches:
         # its class weight back out. Computed once per unit, so every rank can size a step
         # without communication.
         normalising = arrange(plain) if by_label else units
-        weights = [trained_weight(cls._collate(normalising[i : i + 1], pad_id, packing)) for i in range(len(units))]
+        weights = [
+            trained_weight(cls._collate(normalising[i : i + 1], pad_id, packing))
+            for i in range(len(units))
+        ]
         return cls(units, pad_id, packing, weights, share_prefix=share_prefix and not packing)
 
     @property
@@ -97,7 +121,9 @@ class MicroBatches:
 
 
 @torch.no_grad()
-def evaluate_loss(forward, examples: list[TokenizedExample], batch_size: int, pad_id: int, accelerator) -> float:
+def evaluate_loss(
+    forward, examples: list[TokenizedExample], batch_size: int, pad_id: int, accelerator
+) -> float:
     """Mean per-token loss over `examples` (teacher forcing); restores training mode after."""
     forward.eval()
     total, weight = 0.0, 0.0
@@ -112,7 +138,9 @@ def evaluate_loss(forward, examples: list[TokenizedExample], batch_size: int, pa
     return total / max(weight, 1e-9)
 
 
-def save_trained(model, tokenizer, run_dir: Path, method: str, state_dict: dict | None = None) -> Path:
+def save_trained(
+    model, tokenizer, run_dir: Path, method: str, state_dict: dict | None = None
+) -> Path:
     """Save the adapter (LoRA) or the whole model as safetensors, atomically (temp folder, rename).
 
     `state_dict` overrides the model's own (FSDP: the gathered whole tensors)."""

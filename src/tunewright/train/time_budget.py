@@ -26,7 +26,9 @@ class BudgetProgress:
     def __init__(self, kind: str, warmup_steps: int, total_steps: int, budget_seconds: float):
         self.kind, self.warmup_steps, self.total_steps = kind, warmup_steps, total_steps
         self.budget_seconds = budget_seconds
-        self.elapsed_seconds = 0.0  # training time spent so far; the loop sets it before each scheduler step
+        self.elapsed_seconds = (
+            0.0  # training time spent so far; the loop sets it before each scheduler step
+        )
 
     @property
     def spent(self) -> bool:
@@ -47,7 +49,8 @@ class BudgetProgress:
         return 1.0
 
 
-def budget_scheduler(optimizer: Optimizer, kind: str, warmup_steps: int, total_steps: int,
-                     max_minutes: float) -> tuple[LambdaLR, BudgetProgress]:
+def budget_scheduler(
+    optimizer: Optimizer, kind: str, warmup_steps: int, total_steps: int, max_minutes: float
+) -> tuple[LambdaLR, BudgetProgress]:
     progress = BudgetProgress(kind, warmup_steps, total_steps, max_minutes * 60)
     return LambdaLR(optimizer, progress), progress
