@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from tunewright.data.example import Message
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.example import Message
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.generate import generate
 from tunewright.models import DEFAULT_MODEL, load_model
 

@@ -39,7 +39,7 @@ from rich.console import Console
 from tunewright.config import RunConfig
 from tunewright.data import batches
 from tunewright.data.prepare import prepare
-from tunewright.data.store import read_split
+from tunewright.dataset.store import read_split
 
 PII_VALUES = [
     "jane.doe@example.com", "+44 20 7946 0958", "(555) 234-5678", "4111 1111 1111 1111",
@@ -128,7 +128,7 @@ def cpu_seconds() -> tuple[float, float]:
 
 def token_stage(dataset, sample: int) -> None:
     from tunewright.data.token_stats import TokenMeter
-    from tunewright.data.tokenize import ChatTokenizer
+    from tunewright.dataset.tokenize import ChatTokenizer
     from tunewright.errors import TunewrightError
     from tunewright.models import load_tokenizer
 

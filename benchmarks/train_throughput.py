@@ -77,8 +77,8 @@ def synthetic_chats(tokenizer) -> list[list[dict]]:
 
 def run_ours(model_name: str, steps: int, packed: bool, checkpointing: bool, profile: bool) -> dict:
     from tunewright.config import RunConfig
-    from tunewright.data.example import Example, Message
-    from tunewright.data.prepare import PreparedDataset
+    from tunewright.dataset.example import Example, Message
+    from tunewright.dataset.prepared import PreparedDataset
     from tunewright.models import load_tokenizer
     from tunewright.train.loop import train
 
@@ -130,7 +130,7 @@ def profile_ours(cfg, dataset) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from tunewright.data.tokenize import ChatTokenizer
+    from tunewright.dataset.tokenize import ChatTokenizer
     from tunewright.models import load_model
     from tunewright.train.batching import batch_schedule
     from tunewright.train.model_setup import (

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from tunewright.cli import app
 from tunewright.config import load_config
-from tunewright.data.example import Example, Message
-from tunewright.data.prepare import PreparedDataset
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.prepared import PreparedDataset
 from tunewright.errors import ConfigError
 from tunewright.scaling import fraction_config, nested_subset
 

@@ -120,7 +120,7 @@ def train(
 @app.command()
 def evaluate(recipe: Recipe, overrides: Overrides = None, print_config: PrintConfig = False):
     """Evaluate base (zero- and k-shot) and tuned models on the test split; write report.md and report.html."""
-    from tunewright.data.prepare import load_prepared
+    from tunewright.dataset.prepared import load_prepared
     from tunewright.evaluate.report import summary_table, verdict, write_reports
     from tunewright.evaluate.runner import evaluate as evaluate_models
 
@@ -237,9 +237,9 @@ def data_inspect(
 ):
     """Print tokenised samples with the untrained tokens dimmed; check that EOS is trained."""
     from tunewright.data.inspect import inspect_examples
-    from tunewright.data.prepare import load_prepared
     from tunewright.data.prepare import prepare as prepare_data
-    from tunewright.data.tokenize import ChatTokenizer
+    from tunewright.dataset.prepared import load_prepared
+    from tunewright.dataset.tokenize import ChatTokenizer
     from tunewright.models import load_tokenizer
 
     def go():

@@ -7,8 +7,9 @@ ignored key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -21,14 +22,37 @@ from pydantic import (
     model_validator,
 )
 
-from tunewright.data.clean import CleanStep
 from tunewright.errors import ConfigError
 
 InputFormat = Literal[
     "auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text", "text_label"
 ]
+# The value lists below are defined here once; the data stage reads them from here.
+CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]
 PiiType = Literal["EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE"]
 LabelWeighting = Literal["none", "balanced", "sqrt"]
+_PII_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def compile_pii_pattern(name: str, regex: str) -> re.Pattern:
+    """A user's extra PII pattern (`data.pii_patterns`), checked: a placeholder name of letters,
+    digits and _, not a built-in type, and a valid regex that cannot match the empty string."""
+    builtin = get_args(PiiType)
+    if not _PII_NAME.fullmatch(name) or name in builtin:
+        raise ValueError(
+            f"extra_patterns: bad name {name!r}; use letters, digits and _ (starting with a "
+            f"letter), and not a built-in type ({', '.join(builtin)})"
+        )
+    try:
+        pattern = re.compile(regex)
+    except re.error as err:
+        raise ValueError(f"extra_patterns[{name!r}]: invalid regex {regex!r}: {err}") from err
+    if pattern.search("") is not None:
+        raise ValueError(
+            f"extra_patterns[{name!r}]: regex {regex!r} matches the empty string, so it would "
+            "match everywhere; make it require at least one character"
+        )
+    return pattern
 
 
 class _Strict(BaseModel):
@@ -110,9 +134,8 @@ class DataConfig(_Strict):
     @field_validator("pii_patterns")
     @classmethod
     def _compile_pii_patterns(cls, patterns: dict[str, str]) -> dict[str, str]:
-        from tunewright.data.pii import PiiRedactor
-
-        PiiRedactor(types=(), extra_patterns=patterns)  # raises ValueError naming the bad pattern
+        for name, regex in patterns.items():
+            compile_pii_pattern(name, regex)  # raises ValueError naming the bad pattern
         return patterns
 
     @field_validator("group_by")

@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.console import Console
 
 from tunewright.config import RunConfig, save_config
-from tunewright.data.prepare import PreparedDataset, load_prepared, prepare
+from tunewright.data.prepare import prepare
+from tunewright.dataset.prepared import PreparedDataset, load_prepared
 from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, evaluate
 from tunewright.scaling import run_scaling

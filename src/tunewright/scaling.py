@@ -24,8 +24,8 @@ from pathlib import Path
 from rich.console import Console
 
 from tunewright.config import RunConfig
-from tunewright.data.example import Example
-from tunewright.data.prepare import PreparedDataset
+from tunewright.dataset.example import Example
+from tunewright.dataset.prepared import PreparedDataset
 from tunewright.evaluate.runner import EvalResult, evaluate
 from tunewright.train.loop import train
 

@@ -10,7 +10,7 @@ import pytest
 
 from tunewright.config import DataConfig
 from tunewright.data.collect import Collector
-from tunewright.data.example import Example, Message
+from tunewright.dataset.example import Example, Message
 
 FORMATS = Path(__file__).parents[1] / "fixtures" / "formats"
 PAIRS = [

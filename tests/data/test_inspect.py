@@ -10,9 +10,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tunewright.cli import app
-from tunewright.data.example import Example, Message
 from tunewright.data.inspect import inspect_examples, render_tokens
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.models import load_tokenizer
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

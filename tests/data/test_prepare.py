@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from tunewright.config import RunConfig
-from tunewright.data.prepare import load_prepared, prepare
+from tunewright.data.prepare import prepare
+from tunewright.dataset.prepared import load_prepared
 from tunewright.errors import DataError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

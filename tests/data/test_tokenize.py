@@ -2,8 +2,8 @@
 
 import pytest
 
-from tunewright.data.example import Example, Message
-from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.errors import DataError
 from tunewright.models import load_tokenizer
 

@@ -1,7 +1,7 @@
 """Batched generation must give exactly what one-prompt-at-a-time generation gives (greedy)."""
 
-from tunewright.data.example import Message
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.example import Message
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.generate import MIN_SHARED_PREFIX_TOKENS, generate, shared_prefix_length
 from tunewright.models import load_model
 

@@ -1,7 +1,7 @@
 """What each variant is asked: the fair base sees the labels and k train examples; tuned keeps its prompt."""
 
-from tunewright.data.example import Example, Message
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.prompts import (
     Variant,
     base_variants,

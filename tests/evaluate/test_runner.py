@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tunewright.config import RunConfig, save_config
-from tunewright.data.example import Example, Message
-from tunewright.data.prepare import PreparedDataset
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.prepared import PreparedDataset
 from tunewright.evaluate.general import general_set
 from tunewright.evaluate.runner import evaluate
 from tunewright.models import load_model

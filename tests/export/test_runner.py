@@ -8,7 +8,7 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.export.runs import full_run_from
-from tunewright.data.prepare import load_prepared
+from tunewright.dataset.prepared import load_prepared
 from tunewright.export.publish import ExportError
 from tunewright.export.runner import export
 

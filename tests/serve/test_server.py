@@ -8,8 +8,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tunewright.data.example import Message
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.example import Message
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.errors import TunewrightError
 from tunewright.evaluate.generate import generate
 from tunewright.export.source import load_tuned

@@ -8,9 +8,9 @@ from peft import PeftModel
 from rich.console import Console
 
 from tests.train.test_loop import config
-from tunewright.data.example import Example, Message
 from tunewright.data.prepare import prepare
-from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.models import load_model
 from tunewright.train.label_weights import label_weights
 from tunewright.train.loop import train

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
-from tunewright.data.tokenize import IGNORE_INDEX
+from tunewright.dataset.tokenize import IGNORE_INDEX
 from tunewright.train.packing import (
     PackedRow,
     collate_packed,

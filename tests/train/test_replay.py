@@ -7,9 +7,9 @@ from pathlib import Path
 from rich.console import Console
 
 from tests.train.test_loop import config
-from tunewright.data.example import Message
 from tunewright.data.prepare import prepare
-from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
+from tunewright.dataset.example import Message
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.evaluate.general import general_set
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.models import load_model

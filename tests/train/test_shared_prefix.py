@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 from tests.train.test_loop import config
 from tunewright.config import TrainConfig
-from tunewright.data.example import Example, Message
 from tunewright.data.prepare import prepare
-from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.models import load_model
 from tunewright.train.loop import train
 from tunewright.train.model_setup import ChunkedLossForward, apply_training_method

@@ -32,11 +32,11 @@ from tunewright.config import RunConfig
 from tunewright.data.collect import Collected, Collector
 from tunewright.data.dedup import Deduplicator, Sketches
 from tunewright.data.duplicates import dedup_text
-from tunewright.data.example import Example
 from tunewright.data.quarantine import Quarantined
 from tunewright.data.readers import Row, jsonl_rows, read_jsonl
 from tunewright.data.sources import expand
-from tunewright.data.store import examples_table
+from tunewright.dataset.example import Example
+from tunewright.dataset.store import examples_table
 
 # The cyclic garbage collector is paused while preparing (allocation-driven collections cost ~40%
 # of the CPU time, see `collect.gc_paused`); a full collection this often keeps memory bounded.

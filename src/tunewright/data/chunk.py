@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from transformers import PreTrainedTokenizerBase
 
-from tunewright.data.example import Example
+from tunewright.dataset.example import Example
 
 
 class TextChunker:

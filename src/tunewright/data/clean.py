@@ -26,10 +26,11 @@ import html
 import re
 import unicodedata
 from collections.abc import Iterable
-from typing import Literal
+from typing import get_args
 
-CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]
-CLEAN_STEPS: tuple[CleanStep, ...] = ("unicode", "control", "whitespace", "html", "urls")
+from tunewright.config import CleanStep
+
+CLEAN_STEPS: tuple[CleanStep, ...] = get_args(CleanStep)  # defined once, in config
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INVISIBLE = re.compile(

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from tunewright.config import DataConfig
 from tunewright.data.clean import Cleaner
-from tunewright.data.example import Example, Message
 from tunewright.data.formats import NORMALISERS, detect_format, rename_columns
 from tunewright.data.pii import PiiRedactor
 from tunewright.data.quarantine import Quarantined, RowError
 from tunewright.data.readers import Row
 from tunewright.data.sources import Source, expand
+from tunewright.dataset.example import Example, Message
 from tunewright.errors import DataError
 
 Chunker = Callable[[Example], list[Example]]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tunewright.data.dedup import Deduplicator, Sketches
-from tunewright.data.example import Example
+from tunewright.dataset.example import Example
 
 DedupMode = Literal["off", "report", "exact", "near"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tunewright.data.example import ROLES, Example, Message
 from tunewright.data.quarantine import RowError
+from tunewright.dataset.example import ROLES, Example, Message
 
 # The role strings of the canonical example: one shared object each, not one per parsed row.
 _ROLE = {role: role for role in ROLES}

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.text import Text
 
-from tunewright.data.example import Example
-from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
+from tunewright.dataset.example import Example
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 
 _TRAINED_STYLES = ("bold green", "bold cyan")
 _UNTRAINED_STYLES = ("dim", "dim italic")

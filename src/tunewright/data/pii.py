@@ -17,10 +17,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
+
+from tunewright.config import PiiType, compile_pii_pattern
 
 # Built-in types, in the order in which they claim overlapping text.
-PII_TYPES = ("EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE")
+PII_TYPES: tuple[str, ...] = get_args(PiiType)  # defined once, in config
 
 # IBAN length per country, from the SWIFT IBAN registry (via python-stdnum's iban.dat).
 _IBAN_LENGTHS = {
@@ -76,7 +78,6 @@ _PHONE = re.compile(
     )(?![\w-]|[.,]?[0-9])""",
     re.VERBOSE,
 )
-_EXTRA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # An IBAN's country code and check digits just before a card or phone candidate: the
 # candidate is then the BBAN of an IBAN that failed its check, not a card or phone.
 _IBAN_HEAD_BEFORE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2} ?\Z")
@@ -312,18 +313,4 @@ def _overlaps(span: _Span, claimed: list[PiiMatch]) -> bool:
 
 
 def _compile_extra(name: str, regex: str) -> _Detector:
-    if not _EXTRA_NAME.fullmatch(name) or name in PII_TYPES:
-        raise ValueError(
-            f"extra_patterns: bad name {name!r}; use letters, digits and _ (starting with a "
-            f"letter), and not a built-in type ({', '.join(PII_TYPES)})"
-        )
-    try:
-        pattern = re.compile(regex)
-    except re.error as err:
-        raise ValueError(f"extra_patterns[{name!r}]: invalid regex {regex!r}: {err}") from err
-    if pattern.search("") is not None:
-        raise ValueError(
-            f"extra_patterns[{name!r}]: regex {regex!r} matches the empty string, so it would "
-            "match everywhere; make it require at least one character"
-        )
-    return _Detector(name, pattern, _whole_match, "nothing")
+    return _Detector(name, compile_pii_pattern(name, regex), _whole_match, "nothing")

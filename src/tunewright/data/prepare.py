@@ -42,15 +42,14 @@ from tunewright.config import RunConfig
 from tunewright.data.batches import GC_EVERY_BATCHES, Batch, load_tokenizer, make_batches
 from tunewright.data.collect import Collected, gc_paused
 from tunewright.data.duplicates import DedupResult, DuplicateFinder, find_leaks
-from tunewright.data.example import Example
 from tunewright.data.quarantine import Quarantined, QuarantineLog, RowError
 from tunewright.data.split import SplitIds, Units, order_streams, take_splits
-from tunewright.data.store import (
+from tunewright.dataset.prepared import SPLITS, SUMMARY_FILE, PreparedDataset
+from tunewright.dataset.store import (
     SplitWriter,
     Spool,
     commit,
     files_under,
-    read_split,
     sha256_file,
     temporary_path,
     write_json,
@@ -58,52 +57,7 @@ from tunewright.data.store import (
 )
 from tunewright.errors import DataError
 
-SPLITS = ("train", "val", "test")
 _LEAKS_LISTED = 20
-
-
-class PreparedDataset:
-    """A prepared dataset folder. Splits not given are read from its Parquet files on first
-    use, so preparing a large dataset never holds all its examples in memory."""
-
-    def __init__(
-        self,
-        folder: Path,
-        train: list[Example] | None = None,
-        val: list[Example] | None = None,
-        test: list[Example] | None = None,
-        labels: list[str] | None = None,  # the label set when the task is classification
-        summary: dict | None = None,
-    ) -> None:
-        self.folder = folder
-        self.labels = labels
-        self.summary = summary if summary is not None else {}
-        given = {"train": train, "val": val, "test": test}
-        self._splits: dict[str, list[Example]] = {
-            name: split for name, split in given.items() if split is not None
-        }
-
-    @property
-    def train(self) -> list[Example]:
-        return self.split("train")
-
-    @property
-    def val(self) -> list[Example]:
-        return self.split("val")
-
-    @property
-    def test(self) -> list[Example]:
-        return self.split("test")
-
-    def split(self, name: str) -> list[Example]:
-        if name not in SPLITS:
-            raise KeyError(name)
-        if name not in self._splits:
-            path = self.folder / f"{name}.parquet"
-            self._splits[name] = read_split(
-                path if path.is_file() else self.folder / f"{name}.jsonl"
-            )
-        return self._splits[name]
 
 
 def prepare(
@@ -214,7 +168,7 @@ def _prepare(
 
     # Pass 3: write the splits, streaming the spool once more. The folder is incomplete until
     # summary.json is written again.
-    (folder / "summary.json").unlink(missing_ok=True)
+    (folder / SUMMARY_FILE).unlink(missing_ok=True)
     sizes = _write_splits(folder, spool, split_code)
     members = [i for cluster in duplicates.clusters for i in cluster]
     split_of = {i: SPLITS[split_code[i]] for i in members if split_code[i] >= 0}
@@ -444,7 +398,7 @@ def _label_summary(keys: _SplitKeys, ids: SplitIds) -> tuple[list[str] | None, d
 
 def _token_meter(cfg: RunConfig, tokenizer):
     from tunewright.data.token_stats import TokenMeter
-    from tunewright.data.tokenize import ChatTokenizer
+    from tunewright.dataset.tokenize import ChatTokenizer
 
     return TokenMeter(ChatTokenizer(tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len))
 
@@ -495,7 +449,7 @@ def _write_folder(folder: Path, cfg: RunConfig, summary: dict, collected: list[C
     summary["input_hash"] = manifest["inputs"]["hash"]
     summary["manifest_hash"] = manifest["hash"]
     write_card(folder, summary)
-    write_json(folder / "summary.json", summary)
+    write_json(folder / SUMMARY_FILE, summary)
 
 
 def _manifest(cfg: RunConfig, folder: Path, source_paths: list[str]) -> dict:
@@ -555,13 +509,3 @@ def _report(console: Console, folder: Path, summary: dict, quarantine: Quarantin
             "have a duplicate in train (data.dedup: near removes them)"
         )
     console.print(f"data card: {escape(str(folder / 'card.md'))}")
-
-
-def load_prepared(folder: Path) -> PreparedDataset:
-    """Open a dataset folder written by `prepare` (its splits are read on first use)."""
-    if not (folder / "summary.json").is_file():
-        raise DataError(
-            f"{folder} is not a prepared dataset (no summary.json); run `tunewright prepare` first"
-        )
-    summary = json.loads((folder / "summary.json").read_text())
-    return PreparedDataset(folder, labels=summary["labels"], summary=summary)

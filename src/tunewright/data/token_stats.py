@@ -12,9 +12,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from tunewright.data.example import Example
 from tunewright.data.quarantine import RowError
-from tunewright.data.tokenize import ChatTokenizer, TooLongError
+from tunewright.dataset.example import Example
+from tunewright.dataset.tokenize import ChatTokenizer, TooLongError
 
 HISTOGRAM_BINS = 32
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
-from tunewright.data.example import Message
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.example import Message
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.compare import paired_comparison, significance_sentence
 from tunewright.evaluate.generate import generate
 from tunewright.evaluate.metrics import normalize_answer

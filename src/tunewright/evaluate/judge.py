@@ -30,7 +30,7 @@ from tunewright.evaluate.stats import bootstrap_ci
 
 if TYPE_CHECKING:
     from tunewright.config import JudgeConfig, RunConfig
-    from tunewright.data.example import Example
+    from tunewright.dataset.example import Example
     from tunewright.evaluate.generate import Generation
 
 DEFAULT_RUBRIC = (

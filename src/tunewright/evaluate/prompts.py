@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tunewright.data.example import Example, Message
+from tunewright.dataset.example import Example, Message
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tunewright.config import RunConfig
-from tunewright.data.example import Example, Message
-from tunewright.data.prepare import PreparedDataset
-from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.prepared import PreparedDataset
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.errors import ConfigError
 from tunewright.evaluate.compare import (
     outcomes,

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from tunewright.data.example import Message
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.example import Message
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.generate import generate
 
 # Greedy-answer agreement an export must reach to be published. Quantised formats round every
@@ -144,7 +144,7 @@ def load_parity_prompts(
     run_dir: Path, system_prompt: str | None, max_new_tokens: int, limit: int | None
 ) -> ParityPrompts:
     """The run's test prompts (the first `limit`, in file order), or a small built-in set."""
-    from tunewright.data.prepare import load_prepared
+    from tunewright.dataset.prepared import load_prepared
 
     data = run_dir / "data"
     if (data / "summary.json").is_file():

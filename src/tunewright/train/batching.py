@@ -13,7 +13,7 @@ import random
 
 import torch
 
-from tunewright.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunewright.dataset.tokenize import IGNORE_INDEX, TokenizedExample
 
 _SORT_WINDOW_BATCHES = 32  # larger: less padding, less randomness
 

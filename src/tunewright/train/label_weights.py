@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import replace
 
 from tunewright.config import LabelWeighting
-from tunewright.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunewright.dataset.tokenize import IGNORE_INDEX, TokenizedExample
 
 _POWER = {"balanced": 1.0, "sqrt": 0.5}
 

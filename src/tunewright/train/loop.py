@@ -21,8 +21,8 @@ from rich.console import Console
 from transformers import get_scheduler
 
 from tunewright.config import RunConfig, save_config
-from tunewright.data.prepare import PreparedDataset
-from tunewright.data.tokenize import ChatTokenizer
+from tunewright.dataset.prepared import PreparedDataset
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.errors import ConfigError, TrainingDivergedError
 from tunewright.models import load_model
 from tunewright.train.batching import batch_schedule

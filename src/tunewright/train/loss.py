@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from tunewright.data.tokenize import IGNORE_INDEX
+from tunewright.dataset.tokenize import IGNORE_INDEX
 
 DEFAULT_CHUNK_TOKENS = 1024  # 1024 x 49k fp32 logits = 200 MB at most live at once
 

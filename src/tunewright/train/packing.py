@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from tunewright.data.tokenize import IGNORE_INDEX
+from tunewright.dataset.tokenize import IGNORE_INDEX
 
 __all__ = ["PackedRow", "collate_packed", "collate_packed_varlen", "pack_examples"]
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tunewright.data.example import Example, Message
-from tunewright.data.tokenize import ChatTokenizer, TokenizedExample, TooLongError
+from tunewright.dataset.example import Example, Message
+from tunewright.dataset.tokenize import ChatTokenizer, TokenizedExample, TooLongError
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.files import write_text_atomic
 

@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from tunewright.data.tokenize import IGNORE_INDEX, TokenizedExample
+from tunewright.dataset.tokenize import IGNORE_INDEX, TokenizedExample
 
 # Below this the second, one-row pass costs about what sharing saves.
 MIN_SHARED_TOKENS = 4

@@ -11,8 +11,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunewright.data.example import Example
-from tunewright.data.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
+from tunewright.dataset.example import Example
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.train.batching import collate
 from tunewright.train.label_weights import LabelWeighting, label_weights, reweighted
 from tunewright.train.packing import PackedRow, collate_packed, pack_examples

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from tunewright.data.example import Example, Message
+from tunewright.dataset.example import Example, Message
 from tunewright.errors import DataError
 
 IGNORE_INDEX = -100  # labels with this value carry no loss (the torch cross-entropy convention)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
-from tunewright.data.example import Example, Message
+from tunewright.dataset.example import Example, Message
 
 _BATCH_ROWS = 65_536
 _HASH_CHUNK = 1 << 20
