@@ -131,13 +131,10 @@ def profile_ours(cfg, dataset) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from tunewright.dataset.tokenize import ChatTokenizer
+    from tunewright.hardware import resolve_precision
     from tunewright.models import load_model
     from tunewright.train.batching import batch_schedule
-    from tunewright.train.model_setup import (
-        ChunkedLossForward,
-        apply_training_method,
-        resolve_precision,
-    )
+    from tunewright.train.model_setup import ChunkedLossForward, apply_training_method
     from tunewright.train.steps import MicroBatches
 
     precision = resolve_precision(cfg.train.precision)

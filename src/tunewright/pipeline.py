@@ -28,7 +28,7 @@ def load_or_prepare(
     """
     from accelerate import PartialState
 
-    from tunewright.train.model_setup import cpu_only
+    from tunewright.hardware import cpu_only
 
     with PartialState(cpu=cpu_only()).main_process_first():
         folder = cfg.run_dir / "data"

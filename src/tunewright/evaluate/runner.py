@@ -46,8 +46,8 @@ from tunewright.evaluate.metrics import (
 from tunewright.evaluate.prompts import Variant, base_variants, variant_messages
 from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn
 from tunewright.files import write_text_atomic
+from tunewright.hardware import torch_dtype
 from tunewright.models import load_model
-from tunewright.train.model_setup import resolve_precision
 
 
 @dataclass
@@ -221,7 +221,7 @@ def evaluate(
     task = _task(cfg, dataset)
     examples = dataset.test
     refs = [e.reference for e in examples]
-    dtype = torch.bfloat16 if resolve_precision(cfg.train.precision) == "bf16" else torch.float32
+    dtype = torch_dtype(cfg.train.precision)  # evaluated in the precision it trained in
     variants, sources = plan_variants(cfg, dataset, task, trained_dir)
     keys = list(dict.fromkeys(v.model for v in variants))
     general_check = cfg.evaluate.general_check and {"base", "tuned"} <= set(keys)

@@ -24,6 +24,7 @@ from tunewright.config import RunConfig, save_config
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.errors import ConfigError, TrainingDivergedError
+from tunewright.hardware import cpu_only, resolve_precision
 from tunewright.models import load_model
 from tunewright.train.batching import batch_schedule
 from tunewright.train.checkpoint import (
@@ -39,10 +40,8 @@ from tunewright.train.model_setup import (
     ChunkedLossForward,
     apply_training_method,
     as_float,
-    cpu_only,
     full_state_dict,
     make_optimizer,
-    resolve_precision,
     shard_for_fsdp,
 )
 from tunewright.train.replay import base_replay, encode_replay

@@ -1,4 +1,4 @@
-"""Precision choice and which parameters train (LoRA via peft, or all of them)."""
+"""Which parameters train (LoRA via peft, or all of them), and the optimiser over them."""
 
 from __future__ import annotations
 
@@ -11,34 +11,6 @@ from transformers import PreTrainedModel
 from tunewright.config import TrainConfig
 from tunewright.train.loss import chunked_cross_entropy
 from tunewright.train.shared_prefix import body_after_prefix
-
-
-def fast_bf16_available() -> bool:
-    """True where bf16 matrix products are fast: CUDA with bf16, or a CPU with AMX/AVX512-bf16.
-
-    On other CPUs (plain AVX2) torch runs bf16 matmuls through a slow fallback, hundreds of
-    times slower than fp32, so 'auto' must not pick bf16 there. torch exposes the CPU feature
-    checks only as private functions; they have been stable since torch 2.1.
-    """
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-
-
-def cpu_only() -> bool:
-    """No accelerator: tells accelerate to run (and, under torchrun, all-reduce with gloo) on CPU.
-
-    accelerate only treats a torchrun launch as multi-process on CPU when asked for the CPU
-    explicitly; otherwise every rank would silently train alone.
-    """
-    return not torch.accelerator.is_available()
-
-
-def resolve_precision(setting: str) -> str:
-    """'bf16' or 'fp32' for a config value of 'auto', 'bf16' or 'fp32'."""
-    if setting == "auto":
-        return "bf16" if fast_bf16_available() else "fp32"
-    return setting
 
 
 def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: str) -> nn.Module:
