@@ -3,6 +3,7 @@ function; no command holds logic of its own."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -306,7 +307,26 @@ def export(
     _guard(go)
 
 
-@app.command()
+def _settings_parameters(model) -> list[inspect.Parameter]:
+    """One `--option` per field of a settings model, typed, defaulted and documented from it, so
+    the CLI never retypes a setting (litgpt's way). A field's `json_schema_extra` may add
+    `flags` (extra option names) and `env` (an environment variable that sets it)."""
+    parameters = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra or {}
+        flags = ["--" + name.replace("_", "-"), *extra.get("flags", ())]
+        option = typer.Option(*flags, help=field.description, envvar=extra.get("env"))
+        parameters.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=field.default,
+                annotation=Annotated[field.annotation, option],
+            )
+        )
+    return parameters
+
+
 def serve(
     sources: Annotated[
         list[str],
@@ -318,24 +338,7 @@ def serve(
         list[str] | None,
         typer.Option("--adapter", help="Extra adapter folder as NAME=PATH (repeatable)."),
     ] = None,
-    host: Annotated[
-        str, typer.Option(help="Address to bind; anything but loopback needs an API key.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TUNEWRIGHT_API_KEY",
-            help="Require 'Authorization: Bearer KEY' (env TUNEWRIGHT_API_KEY).",
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int, typer.Option(help="Largest max_tokens a request may ask for.")
-    ] = 1024,
-    max_batch_size: Annotated[int, typer.Option(help="Most sequences decoded together.")] = 16,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds before an unanswered request fails.")
-    ] = 300.0,
+    **settings,
 ):
     """Serve models and tuned runs over an OpenAI-compatible HTTP API."""
     from tunewright.serve.server import serve as run_server
@@ -345,19 +348,24 @@ def serve(
         pairs = [a.partition("=") for a in adapters or []]
         if any(not sep or not name for name, sep, _ in pairs):
             raise TunewrightError("--adapter takes NAME=PATH")
-        settings = ServeSettings(
-            host=host,
-            port=port,
-            api_key=api_key or None,
-            max_tokens=max_tokens,
-            max_batch_size=max_batch_size,
-            request_timeout_s=timeout,
-        )
+        chosen = ServeSettings(**{**settings, "api_key": settings.get("api_key") or None})
         run_server(
-            sources, settings, adapters={name: path for name, _, path in pairs}, console=console
+            sources, chosen, adapters={name: path for name, _, path in pairs}, console=console
         )
 
     _guard(go)
+
+
+def _register_serve() -> None:
+    from tunewright.serve.settings import ServeSettings
+
+    signature = inspect.signature(serve, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    serve.__signature__ = signature.replace(parameters=fixed + _settings_parameters(ServeSettings))
+    app.command()(serve)
+
+
+_register_serve()
 
 
 @app.command()

@@ -238,6 +238,14 @@ def test_not_a_parquet_file(tmp_path):
         Collector(DataConfig(), strict=False).collect([path])
 
 
+def test_a_broken_saved_dataset_names_its_folder(tmp_path):
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "state.json").write_text('{"_data_files": [{"filename": "missing.arrow"}]}')
+    with pytest.raises(DataError, match=r"saved: not a readable `save_to_disk` dataset"):
+        list(Collector(DataConfig(), strict=False).collect([folder]))
+
+
 def test_json_scalar_document_is_an_error(tmp_path):
     path = tmp_path / "data.json"
     path.write_text('"just a string"')

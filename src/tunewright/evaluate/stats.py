@@ -4,9 +4,11 @@ Percentile bootstrap intervals for one system, a paired bootstrap for the differ
 two systems scored on the same examples, and McNemar's test for paired right/wrong outcomes.
 
 The bootstrap is written here rather than taken from `scipy.stats.bootstrap` because we need
-the paired sign-flip p-value (Koehn 2004; Berg-Kirkpatrick et al. 2012), the same resample
-indices across metrics for a given seed, and resampling of non-decomposable metrics such as
-macro-F1 through an index callback. The tests themselves (binomial, chi-square) come from scipy.
+the paired bootstrap p-value (Koehn 2004: twice the share of paired resamples whose difference
+does not keep the observed sign; a bootstrap test, not a sign-flip permutation test), the same
+resample indices across metrics for a given seed, and resampling of non-decomposable metrics
+such as macro-F1 through an index callback. The tests themselves (binomial, chi-square) come
+from scipy.
 """
 
 from __future__ import annotations

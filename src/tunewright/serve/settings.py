@@ -1,4 +1,5 @@
-"""Server settings: one pydantic model, every field documented once (the CLI's --help uses it)."""
+"""Server settings: one pydantic model, every field documented once; `tunewright serve`'s options
+are generated from it (cli.py), so a new setting needs no CLI code."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ class ServeSettings(BaseModel):
     )
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port).")
     api_key: str | None = Field(
-        None, description="Bearer key every route except /health requires (env TUNEWRIGHT_API_KEY)."
+        None,
+        description="Bearer key every route except /health requires (env TUNEWRIGHT_API_KEY).",
+        json_schema_extra={"env": "TUNEWRIGHT_API_KEY"},
     )
     max_tokens: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(
@@ -26,7 +29,10 @@ class ServeSettings(BaseModel):
     )
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest request body, in bytes.")
     request_timeout_s: float = Field(
-        300.0, gt=0, description="A request still unanswered after this fails."
+        300.0,
+        gt=0,
+        description="Seconds after which a request still unanswered fails.",
+        json_schema_extra={"flags": ["--timeout"]},
     )
     max_batch_size: int = Field(
         16, ge=1, description="Most sequences decoded together in one forward pass."
