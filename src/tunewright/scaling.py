@@ -17,7 +17,6 @@ per trained fraction (`<run>/scaling/fraction-0.25/`, with its adapter and eval/
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tunewright.config import RunConfig
 from tunewright.dataset.example import Example
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.evaluate.runner import EvalResult, evaluate
+from tunewright.files import write_bytes_atomic
 from tunewright.train.loop import train
 
 
@@ -132,7 +132,7 @@ def run_scaling(
     folder.mkdir(parents=True, exist_ok=True)
     scaling = {"metric": metric, "points": points}
     path = folder / "scaling.json"
-    _atomic_write(path, json.dumps(scaling, indent=2).encode())
+    write_bytes_atomic(path, json.dumps(scaling, indent=2).encode())
     baselines = (
         {}
         if full is None
@@ -142,7 +142,7 @@ def run_scaling(
             if name.startswith("base")
         }
     )
-    _atomic_write(folder / "scaling.png", plot(scaling, baselines, title=cfg.name))
+    write_bytes_atomic(folder / "scaling.png", plot(scaling, baselines, title=cfg.name))
     return path
 
 
@@ -173,13 +173,3 @@ def plot(scaling: dict, baselines: dict[str, float], *, title: str) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # the HTML report reads scaling.json: never leave half a file behind
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

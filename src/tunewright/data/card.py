@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunewright.dataset.store import atomic_path
+from tunewright.files import atomic_path
 
 HISTOGRAM_FILE = "length_histogram.png"
 _TOP_LABELS = 15

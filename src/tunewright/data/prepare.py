@@ -48,14 +48,13 @@ from tunewright.dataset.prepared import SPLITS, SUMMARY_FILE, PreparedDataset
 from tunewright.dataset.store import (
     SplitWriter,
     Spool,
-    commit,
     files_under,
     sha256_file,
-    temporary_path,
     write_json,
     write_jsonl,
 )
 from tunewright.errors import DataError
+from tunewright.files import commit, temporary_path
 
 _LEAKS_LISTED = 20
 

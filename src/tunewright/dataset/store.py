@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
 from tunewright.dataset.example import Example, Message
+from tunewright.files import atomic_path, commit, temporary_path, write_json_atomic
 
 _BATCH_ROWS = 65_536
 _HASH_CHUNK = 1 << 20
@@ -37,30 +35,6 @@ def _schema():
     )
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is fsynced and renamed onto `path`."""
-    tmp = temporary_path(path)
-    try:
-        yield tmp
-        commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden temporary name next to `path`, unique per writer: two processes preparing the
-    same folder must not share a temporary file."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
-def commit(tmp: Path, path: Path) -> None:
-    """fsync `tmp`, then rename it onto `path`."""
-    with tmp.open("rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
@@ -68,8 +42,7 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def write_json(path: Path, value: object) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json_atomic(path, value)
 
 
 def _table(examples: list[Example], schema):

@@ -9,16 +9,13 @@ a different run, or any non-empty folder that is not a tunewright export at all.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tunewright.errors import TunewrightError
-from tunewright.files import write_text_atomic
+from tunewright.files import atomic_folder, write_json_atomic
 
 MANIFEST = "export.json"
 
@@ -55,24 +52,9 @@ def staged_folder(target: Path, run_dir: Path) -> Iterator[Path]:
     leaves `target` untouched and removes the temporary folder.
     """
     check_owner(target, run_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(target) as tmp:
         yield tmp
-        _fsync_tree(tmp)
         check_owner(target, run_dir)  # another process may have written there meanwhile
-        old = None
-        if target.exists():
-            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(target.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_manifest(folder: Path, run_dir: Path, artifact: str, **extra) -> None:
@@ -86,27 +68,3 @@ def write_manifest(folder: Path, run_dir: Path, artifact: str, **extra) -> None:
         **extra,
     }
     write_json_atomic(folder / MANIFEST, manifest)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file, fsync it, then rename it over `path`."""
-    write_text_atomic(path, json.dumps(data, indent=2))
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

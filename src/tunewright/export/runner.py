@@ -30,8 +30,9 @@ from tunewright.export.parity import (
     check_parity,
     load_parity_prompts,
 )
-from tunewright.export.publish import ExportError, staged_folder, write_json_atomic, write_manifest
+from tunewright.export.publish import ExportError, staged_folder, write_manifest
 from tunewright.export.source import TunedRun, load_tuned, merged_copy
+from tunewright.files import write_json_atomic
 
 ExportFormat = Literal["adapter", "merged", "gguf"]
 FORMATS: tuple[ExportFormat, ...] = ("adapter", "merged", "gguf")
