@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/python -m pip
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -q
+
+# formatting and the layer contract (pyproject.toml [tool.importlinter]); CI runs it before the tests
+lint: venv
+	$(VENV)/bin/ruff format --check src tests benchmarks recipes
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs
