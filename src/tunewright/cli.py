@@ -121,22 +121,21 @@ def train(
 @app.command()
 def evaluate(recipe: Recipe, overrides: Overrides = None, print_config: PrintConfig = False):
     """Evaluate base (zero- and k-shot) and tuned models on the test split; write report.md and report.html."""
-    from tunewright.dataset.prepared import load_prepared
+    from tunewright.errors import RunFolderError
     from tunewright.evaluate.report import summary_table, verdict, write_reports
     from tunewright.evaluate.runner import evaluate as evaluate_models
+    from tunewright.runs import RunFolder, open_prepared, read_training_summary
 
     def go():
         cfg = _config(recipe, overrides, print_config)
-        dataset = load_prepared(cfg.run_dir / "data")
-        trained = cfg.run_dir / ("adapter" if cfg.train.method == "lora" else "model")
+        dataset = open_prepared(cfg.run_dir)
+        trained = RunFolder(cfg.run_dir).trained_dir(cfg.train.method)
         if "tuned" in cfg.evaluate.models and not trained.is_dir():
-            raise TunewrightError(
+            raise RunFolderError(
                 f"no trained model in {cfg.run_dir}; run `tunewright train {recipe}` first"
             )
         result = evaluate_models(cfg, dataset, trained, console=console)
-        training_json = cfg.run_dir / "training.json"
-        training = json.loads(training_json.read_text()) if training_json.is_file() else None
-        write_reports(result, cfg.run_dir, training=training)
+        write_reports(result, cfg.run_dir, training=read_training_summary(cfg.run_dir))
         console.print(summary_table(result))
         console.print(verdict(result))
         if result.general:
@@ -239,18 +238,17 @@ def data_inspect(
     """Print tokenised samples with the untrained tokens dimmed; check that EOS is trained."""
     from tunewright.data.inspect import inspect_examples
     from tunewright.data.prepare import prepare as prepare_data
-    from tunewright.dataset.prepared import load_prepared
     from tunewright.dataset.tokenize import ChatTokenizer
     from tunewright.models import load_tokenizer
+    from tunewright.runs import RunFolder, open_prepared
 
     def go():
         cfg = _config(recipe, overrides, print_config)
         if split not in ("train", "val", "test"):
             raise TunewrightError(f"--split must be train, val or test, got {split!r}")
-        folder = cfg.run_dir / "data"
         dataset = (
-            load_prepared(folder)
-            if (folder / "summary.json").is_file()
+            open_prepared(cfg.run_dir)
+            if RunFolder(cfg.run_dir).has_prepared_data()
             else prepare_data(cfg, console=err_console)
         )
         tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)

@@ -24,3 +24,8 @@ class ModelLoadError(TunewrightError):
 
 class TrainingDivergedError(TunewrightError):
     """Loss or gradients became non-finite; the message names the step."""
+
+
+class RunFolderError(TunewrightError):
+    """A folder that is not a run folder, or a run without what a command needs (a trained
+    model, its config); the message names the folder."""

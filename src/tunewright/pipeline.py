@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +10,10 @@ from rich.console import Console
 
 from tunewright.config import RunConfig, save_config
 from tunewright.data.prepare import prepare
-from tunewright.dataset.prepared import PreparedDataset, load_prepared
+from tunewright.dataset.prepared import PreparedDataset
 from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, evaluate
+from tunewright.runs import RunFolder, open_prepared, write_training_summary
 from tunewright.scaling import run_scaling
 from tunewright.train.loop import TrainResult, train
 
@@ -31,9 +31,8 @@ def load_or_prepare(
     from tunewright.hardware import cpu_only
 
     with PartialState(cpu=cpu_only()).main_process_first():
-        folder = cfg.run_dir / "data"
-        if (folder / "summary.json").is_file():
-            return load_prepared(folder)
+        if RunFolder(cfg.run_dir).has_prepared_data():
+            return open_prepared(cfg.run_dir)
         return prepare(cfg, strict=strict, console=console)
 
 
@@ -50,7 +49,8 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
     console = console or Console(stderr=True)
     started = time.perf_counter()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.run_dir / "config.yaml")
+    run_folder = RunFolder(cfg.run_dir)
+    save_config(cfg, run_folder.config_file)
     console.rule("prepare")
     dataset = prepare(cfg, strict=strict, console=console)
     s = dataset.summary["splits"]
@@ -76,7 +76,7 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
         "val_loss": None if trained.val_loss is None else round(trained.val_loss, 4),
         "precision": trained.precision,
     }
-    (cfg.run_dir / "training.json").write_text(json.dumps(training, indent=2))
+    write_training_summary(cfg.run_dir, training)
     if cfg.train.scaling_fractions:  # before the reports: report.html shows the scaling curve
         run_scaling(cfg, dataset, full=result, console=console)
     write_reports(result, cfg.run_dir, training=training)
@@ -84,6 +84,6 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
     console.print(verdict(result))
     if result.general:
         console.print(result.general["sentence"])
-    console.print(f"report: {cfg.run_dir / 'report.html'}")
+    console.print(f"report: {run_folder.report_html}")
     console.print(f"run folder: {cfg.run_dir}")
     return RunResult(cfg.run_dir, trained, result, time.perf_counter() - started)

@@ -11,6 +11,7 @@ import torch
 from tunewright.config import RunConfig, save_config
 from tunewright.dataset.example import Example, Message
 from tunewright.dataset.prepared import PreparedDataset
+from tunewright.errors import RunFolderError
 from tunewright.evaluate.general import general_set
 from tunewright.evaluate.runner import evaluate
 from tunewright.models import load_model
@@ -158,7 +159,7 @@ def test_base_alone_without_general_check_and_tuned_needs_a_model(tiny_model_dir
         "constrained to labels"
     )
     assert not (cfg.run_dir / "eval" / "general.jsonl").exists()
-    with pytest.raises(FileNotFoundError, match="no trained model"):
+    with pytest.raises(RunFolderError, match="no trained model"):
         evaluate(_config(tiny_model_dir, tmp_path, "t", models=["tuned"]), dataset, None)
 
 

@@ -6,13 +6,14 @@ import json
 import httpx
 import openai
 import pytest
+import torch
 from openai import OpenAI
 
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.errors import TunewrightError
 from tunewright.evaluate.generate import generate
-from tunewright.export.source import load_tuned
+from tunewright.runs import load_tuned
 from tunewright.serve.registry import load_models
 from tunewright.serve.server import check_bind, start_server
 from tunewright.serve.settings import ServeSettings
@@ -54,7 +55,7 @@ def test_lists_the_base_and_the_tuned_adapter(client, tiny_model_dir):
 def test_the_adapter_answers_as_the_tuned_model_does(client, tiny_run, tiny_model_dir):
     """Selecting the adapter by name gives the tuned model's greedy answers (with the run's system
     prompt); the base model name gives the base model's."""
-    tuned = load_tuned(tiny_run)
+    tuned = load_tuned(tiny_run, dtype=torch.float32)  # the precision the server loads in
     chat = ChatTokenizer(tuned.tokenizer, tuned.cfg.data.system_prompt, 256)
     prompts = [chat.encode_prompt((Message("user", q),)) for q in QUESTIONS]
     expected = [

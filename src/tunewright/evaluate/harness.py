@@ -180,25 +180,33 @@ def per_sample(raw: dict, task: str) -> tuple[str, dict[int, float]] | None:
 
 def _models(source: str):
     """(name, loader) pairs: base and tuned for a run folder, the model alone otherwise."""
-    from tunewright.export.source import load_tuned, read_run_config
     from tunewright.models import load_model
+    from tunewright.runs import RunFolder, load_trained, read_run_config
 
-    folder = Path(source)
-    if any(
-        (folder / name).exists() for name in ("config.yaml", "adapter", "model")
-    ):  # a run folder
-        cfg = read_run_config(folder)
+    run = RunFolder(Path(source))
+    if run.is_run():
+        trained = run.trained()  # a run without a trained model fails before the base is scored
+        cfg = read_run_config(run.path)
+        # both models in fp32, so the comparison carries no precision difference
+        dtype = torch.float32
 
         def tuned():
-            run = load_tuned(folder)
-            model = run.model.merge_and_unload() if run.method == "lora" else run.model
-            return model, run.tokenizer
+            loaded = load_trained(
+                trained,
+                cfg.model.name,
+                dtype=dtype,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
+            model = loaded.model.merge_and_unload() if trained.method == "lora" else loaded.model
+            return model, loaded.tokenizer
 
         def base():
-            loaded = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+            loaded = load_model(
+                cfg.model.name, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code
+            )
             return loaded.model, loaded.tokenizer
 
-        return [("base", base), ("tuned", tuned)], folder / "eval" / "harness.json"
+        return [("base", base), ("tuned", tuned)], run.eval_dir / "harness.json"
 
     def model():
         loaded = load_model(source)

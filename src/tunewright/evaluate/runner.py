@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -25,7 +24,7 @@ from tunewright.config import RunConfig
 from tunewright.dataset.example import Example, Message
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
-from tunewright.errors import ConfigError
+from tunewright.errors import ConfigError, RunFolderError
 from tunewright.evaluate.compare import (
     outcomes,
     paired_comparison,
@@ -48,6 +47,7 @@ from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn
 from tunewright.files import write_text_atomic
 from tunewright.hardware import torch_dtype
 from tunewright.models import load_model
+from tunewright.runs import RunFolder, Trained, load_trained, read_run_config
 
 
 @dataclass
@@ -133,49 +133,48 @@ def _interval(iv) -> dict[str, float]:
     return {"value": float(iv.point), "low": float(iv.low), "high": float(iv.high)}
 
 
-def _load_variant(cfg: RunConfig, model_name: str, weights: Path | None, dtype: torch.dtype):
-    """The base model, with the tuned adapter merged in (or full tuned weights) when `weights` is set."""
-    loaded = load_model(model_name, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
-    if weights is None:
-        return loaded
-    if not weights.is_dir():
-        raise FileNotFoundError(f"no trained model at {weights}; run `tunewright train` first")
-    if (weights / "adapter_config.json").is_file():
-        from peft import PeftModel
-
+def _load_variant(cfg: RunConfig, model_name: str, trained: Trained | None, dtype: torch.dtype):
+    """The base model, or the tuned one (adapter merged in, or full tuned weights) when `trained`
+    is set."""
+    trust_remote_code = cfg.model.trust_remote_code
+    if trained is None:
+        return load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code)
+    loaded = load_trained(trained, model_name, dtype=dtype, trust_remote_code=trust_remote_code)
+    if trained.method == "lora":
         # merged weights generate faster than base + adapter side paths
-        loaded.model = PeftModel.from_pretrained(loaded.model, weights).merge_and_unload()
-    else:
-        from transformers import AutoModelForCausalLM
-
-        loaded.model = AutoModelForCausalLM.from_pretrained(
-            weights, dtype=dtype, use_safetensors=True
-        )
-    loaded.model.eval()
+        loaded.model = loaded.model.merge_and_unload()
+        loaded.model.eval()
     return loaded
 
 
-def _compare_run_variant(path: str, taken: set[str]) -> tuple[Variant, str, Path]:
+def _compare_run_variant(path: str, taken: set[str]) -> tuple[Variant, str, Trained]:
     """A variant for another run folder's tuned model, with that run's own training prompt."""
     folder = Path(path)
-    config = folder / "config.yaml"
-    if not config.is_file():
-        raise ConfigError(f"evaluate.compare_runs: {folder} is not a run folder (no config.yaml)")
-    other = RunConfig.model_validate(yaml.safe_load(config.read_text(encoding="utf-8")))
+    run = RunFolder(folder)
+    if not run.config_file.is_file():  # its config holds the prompt it was trained with
+        raise RunFolderError(
+            f"evaluate.compare_runs: {folder} is not a run folder (no config.yaml)"
+        )
+    try:
+        trained = run.trained()
+    except RunFolderError as e:
+        raise RunFolderError(f"evaluate.compare_runs: {e}") from None
+    other = read_run_config(folder)
     name = folder.resolve().name
     if name in taken:
         raise ConfigError(
             f"evaluate.compare_runs: {path!r} gives the variant name {name!r}, which is taken"
         )
-    weights = folder / ("adapter" if other.train.method == "lora" else "model")
     variant = Variant(name, str(folder), f"tuned model of run {folder}", other.data.system_prompt)
-    return variant, other.model.name, weights
+    return variant, other.model.name, trained
 
 
 def plan_variants(
     cfg: RunConfig, dataset: PreparedDataset, task: str, trained_dir: Path | None
-) -> tuple[list[Variant], dict[str, tuple[str, Path | None]]]:
-    """Every variant to score, and for each model key the (model name, weights folder) to load."""
+) -> tuple[list[Variant], dict[str, tuple[str, Trained | None]]]:
+    """Every variant to score, and for each model key the (model name, trained model) to load.
+
+    Every folder is checked here, so a missing model fails before the first one is scored."""
     labels = dataset.labels if task == "classification" else None
     variants = base_variants(
         cfg.evaluate.models,
@@ -185,11 +184,14 @@ def plan_variants(
         cfg.evaluate.base_shots,
         cfg.data.seed,
     )
+    sources: dict[str, tuple[str, Trained | None]] = {"base": (cfg.model.name, None)}
     if "tuned" in cfg.evaluate.models:
         if trained_dir is None:
-            raise FileNotFoundError(
-                "evaluate.models has 'tuned' but there is no trained model; train first"
+            raise RunFolderError(
+                f"evaluate.models has 'tuned' but {cfg.run_dir} has no trained model; "
+                "run `tunewright train` first"
             )
+        sources["tuned"] = (cfg.model.name, Trained.at(trained_dir))
         variants.append(
             Variant(
                 "tuned",
@@ -198,14 +200,10 @@ def plan_variants(
                 cfg.data.system_prompt,
             )
         )
-    sources: dict[str, tuple[str, Path | None]] = {
-        "base": (cfg.model.name, None),
-        "tuned": (cfg.model.name, trained_dir),
-    }
     for path in cfg.evaluate.compare_runs:
-        variant, model_name, weights = _compare_run_variant(path, {v.name for v in variants})
+        variant, model_name, trained = _compare_run_variant(path, {v.name for v in variants})
         variants.append(variant)
-        sources[variant.model] = (model_name, weights)
+        sources[variant.model] = (model_name, trained)
     return variants, sources
 
 
@@ -228,8 +226,8 @@ def evaluate(
     models: dict[str, ModelScores] = {}
     general_answers: dict[str, list[str]] = {}
     for key in keys:  # each model is loaded once for all of its prompt variants
-        model_name, weights = sources[key]
-        loaded = _load_variant(cfg, model_name, weights, dtype)
+        model_name, trained = sources[key]
+        loaded = _load_variant(cfg, model_name, trained, dtype)
         for variant in (v for v in variants if v.model == key):
             models[variant.name] = _score_variant(
                 cfg, task, variant, loaded, examples, refs, dataset.labels, console
@@ -269,7 +267,7 @@ def evaluate(
             result.outcomes = outcomes(tuned.right, models[result.strongest_base].right)
     if general_answers:
         result.general = forgetting_summary(general_answers["base"], general_answers["tuned"])
-    result.folder = _write(cfg.run_dir / "eval", result, examples)
+    result.folder = _write(RunFolder(cfg.run_dir).eval_dir, result, examples)
     return result
 
 

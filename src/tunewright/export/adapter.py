@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from tunewright.export.publish import ExportError
-from tunewright.export.source import TunedRun
 from tunewright.models import load_model
+from tunewright.runs import TunedRun
 
 
 def write_adapter(tuned: TunedRun, folder: Path) -> list[str]:

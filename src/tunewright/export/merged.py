@@ -7,6 +7,7 @@ Weights stay fp32, the precision the tuned model runs in here, so the merge is t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -18,6 +19,19 @@ from transformers import (
 )
 
 from tunewright.evaluate.generate import stop_token_ids
+from tunewright.runs import TunedRun
+
+
+def merged_copy(tuned: TunedRun) -> PreTrainedModel:
+    """The tuned model as one plain transformers model (LoRA folded into the base weights).
+
+    A copy, so the unmerged model stays available as the parity reference.
+    """
+    if tuned.method == "full":
+        return tuned.model
+    merged = copy.deepcopy(tuned.model).merge_and_unload()
+    merged.eval()
+    return merged
 
 
 def write_merged(

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.generate import generate
+from tunewright.runs import RunFolder, open_prepared
 
 # Greedy-answer agreement an export must reach to be published. Quantised formats round every
 # weight, so a near-tie between two tokens can flip; the fp formats should agree almost always.
@@ -144,11 +145,10 @@ def load_parity_prompts(
     run_dir: Path, system_prompt: str | None, max_new_tokens: int, limit: int | None
 ) -> ParityPrompts:
     """The run's test prompts (the first `limit`, in file order), or a small built-in set."""
-    from tunewright.dataset.prepared import load_prepared
-
-    data = run_dir / "data"
-    if (data / "summary.json").is_file():
-        conversations = [e.prompt_messages for e in load_prepared(data).test if e.is_chat][
+    run = RunFolder(run_dir)
+    data = run.data_dir
+    if run.has_prepared_data():
+        conversations = [e.prompt_messages for e in open_prepared(run_dir).test if e.is_chat][
             : limit or None
         ]
         if conversations:

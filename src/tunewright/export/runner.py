@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from tunewright.export.adapter import load_adapter, write_adapter
 from tunewright.export.gguf_file import QUANTS, GGUFQuant, check_supported, load_gguf, write_gguf
-from tunewright.export.merged import load_merged, write_merged
+from tunewright.export.merged import load_merged, merged_copy, write_merged
 from tunewright.export.modelfile import modelfile
 from tunewright.export.parity import (
     MIN_GREEDY_AGREEMENT,
@@ -31,8 +31,9 @@ from tunewright.export.parity import (
     load_parity_prompts,
 )
 from tunewright.export.publish import ExportError, staged_folder, write_manifest
-from tunewright.export.source import TunedRun, load_tuned, merged_copy
 from tunewright.files import write_json_atomic
+from tunewright.hardware import REFERENCE_DTYPE
+from tunewright.runs import RunFolder, TunedRun, load_tuned
 
 ExportFormat = Literal["adapter", "merged", "gguf"]
 FORMATS: tuple[ExportFormat, ...] = ("adapter", "merged", "gguf")
@@ -71,8 +72,9 @@ def export(
         raise ExportError(
             f"unknown export format or quantisation {unknown}; choose from {FORMATS} and {QUANTS}"
         )
-    tuned = load_tuned(run_dir)
-    out = Path(output_dir) if output_dir is not None else run_dir / "export"
+    # every artifact is compared with the tuned model in fp32, so the reference adds no rounding
+    tuned = load_tuned(run_dir, dtype=REFERENCE_DTYPE)
+    out = Path(output_dir) if output_dir is not None else RunFolder(run_dir).export_dir
     artifacts = [(f, None) for f in formats if f != "gguf"] + [
         ("gguf", q) for q in quants if "gguf" in formats
     ]
@@ -110,7 +112,7 @@ def export(
                 f"{p.min_greedy_agreement:.0%})"
                 for p in failed
             )
-            + f". Figures and disagreeing answers: {run_dir / 'export' / PARITY_FILE}"
+            + f". Figures and disagreeing answers: {RunFolder(run_dir).export_dir / PARITY_FILE}"
         )
     return results
 
@@ -163,7 +165,7 @@ class _NotPublished(Exception):
 
 def _store_parity(run_dir: Path, report: ParityReport) -> None:
     """Add one artifact's figures to `<run>/export/parity.json` (rewritten atomically)."""
-    path = run_dir / "export" / PARITY_FILE
+    path = RunFolder(run_dir).export_dir / PARITY_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
     stored[report.artifact] = report.to_json()
     write_json_atomic(path, stored)

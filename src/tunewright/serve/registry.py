@@ -9,7 +9,6 @@ name, so base and tuned answers can be compared side by side.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tunewright.errors import TunewrightError
-from tunewright.export.source import read_run_config, trained_folder
 from tunewright.models import load_model, resolve_model_folder
+from tunewright.runs import ADAPTER_CONFIG, RunFolder, adapter_base_model, read_run_config
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,6 @@ class _Adapter:
     system_prompt: str | None
 
 
-def _is_run(path: Path) -> bool:
-    return path.is_dir() and ((path / "adapter").is_dir() or (path / "model").is_dir())
-
-
 def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> ModelSet:
     """Load the base model once and attach every adapter; raises TunewrightError on conflicts."""
     if not sources:
@@ -76,13 +71,17 @@ def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> M
     found: list[_Adapter] = []
     for source in sources:
         path = Path(source).expanduser()
-        if _is_run(path):
+        run = RunFolder(path)
+        if run.is_run():
+            trained = run.trained()
             cfg = read_run_config(path)
-            method, trained = trained_folder(path)
-            if method == "lora":
-                found.append(_Adapter(cfg.name, trained, cfg.model.name, cfg.data.system_prompt))
+            if trained.method == "lora":
+                found.append(
+                    _Adapter(cfg.name, trained.folder, cfg.model.name, cfg.data.system_prompt)
+                )
                 continue
-            candidate, served_as, base_system = str(trained), cfg.name, cfg.data.system_prompt
+            candidate, served_as = str(trained.folder), cfg.name
+            base_system = cfg.data.system_prompt
         else:
             candidate, served_as = source, path.name if path.exists() else source
         if base_name is not None and base_name != candidate:
@@ -92,9 +91,9 @@ def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> M
         base_name, base_served_as = candidate, served_as
     for name, folder in (adapters or {}).items():
         path = Path(folder).expanduser()
-        if not (path / "adapter_config.json").is_file():
-            raise TunewrightError(f"adapter {name}: {path} has no adapter_config.json")
-        found.append(_Adapter(name, path, _adapter_base(path), None))
+        if not (path / ADAPTER_CONFIG).is_file():
+            raise TunewrightError(f"adapter {name}: {path} has no {ADAPTER_CONFIG}")
+        found.append(_Adapter(name, path, adapter_base_model(path), None))
     if base_name is None:  # only adapters were named: serve their base
         base_name = found[0].base
         base_served_as = Path(base_name).name if Path(base_name).exists() else base_name
@@ -124,7 +123,3 @@ def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> M
             )
     model.eval()
     return ModelSet(model, loaded.tokenizer, served, int(model.config.max_position_embeddings))
-
-
-def _adapter_base(path: Path) -> str:
-    return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]

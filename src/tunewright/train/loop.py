@@ -26,6 +26,7 @@ from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.errors import ConfigError, TrainingDivergedError
 from tunewright.hardware import cpu_only, resolve_precision
 from tunewright.models import load_model
+from tunewright.runs import save_trained
 from tunewright.train.batching import batch_schedule
 from tunewright.train.checkpoint import (
     gather_rng_states,
@@ -45,12 +46,7 @@ from tunewright.train.model_setup import (
     shard_for_fsdp,
 )
 from tunewright.train.replay import base_replay, encode_replay
-from tunewright.train.steps import (
-    MicroBatches,
-    evaluate_loss,
-    progress_bar,
-    save_trained,
-)
+from tunewright.train.steps import MicroBatches, evaluate_loss, progress_bar
 from tunewright.train.time_budget import budget_scheduler
 
 

@@ -1,11 +1,8 @@
-"""The pieces the loop calls per step: micro-batch building, validation loss, saving, progress."""
+"""The pieces the loop calls per step: micro-batch building, validation loss, progress."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -136,25 +133,6 @@ def evaluate_loss(
         weight += float(w)
     forward.train()
     return total / max(weight, 1e-9)
-
-
-def save_trained(
-    model, tokenizer, run_dir: Path, method: str, state_dict: dict | None = None
-) -> Path:
-    """Save the adapter (LoRA) or the whole model as safetensors, atomically (temp folder, rename).
-
-    `state_dict` overrides the model's own (FSDP: the gathered whole tensors)."""
-    target = run_dir / ("adapter" if method == "lora" else "model")
-    tmp = run_dir / f".tmp-{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    previous = run_dir / f".old-{target.name}"
-    if target.exists():
-        os.replace(target, previous)  # keep the last good one until the new one is in place
-    os.replace(tmp, target)
-    shutil.rmtree(previous, ignore_errors=True)
-    return target
 
 
 def progress_bar(console: Console, *, disable: bool = False) -> Progress:
