@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,17 +65,7 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
     )
     console.rule("evaluate")
     result = evaluate(cfg, dataset, trained.output_dir, console=console)
-    training = {
-        "steps": trained.steps,
-        "planned_steps": trained.planned_steps,
-        "stopped_by_time_budget": trained.out_of_time,
-        "seconds": round(trained.seconds, 1),
-        "tokens_per_second": round(trained.tokens_per_second, 1),
-        "final_train_loss": round(trained.train_loss, 4),
-        "val_loss": None if trained.val_loss is None else round(trained.val_loss, 4),
-        "precision": trained.precision,
-    }
-    (cfg.run_dir / "training.json").write_text(json.dumps(training, indent=2))
+    training = trained.summary()  # as train wrote it to training.json
     if cfg.train.scaling_fractions:  # before the reports: report.html shows the scaling curve
         run_scaling(cfg, dataset, full=result, console=console)
     write_reports(result, cfg.run_dir, training=training)

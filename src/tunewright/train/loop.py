@@ -11,11 +11,13 @@ DDP or FSDP, dry run) is chosen once, in `setup`; the loop never asks which one 
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -23,11 +25,14 @@ from rich.console import Console
 from tunewright.config import RunConfig
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.errors import TrainingDivergedError
+from tunewright.files import write_text_atomic
 from tunewright.train.checkpoint import gather_rng_states, save_checkpoint
 from tunewright.train.parallel import as_float
 from tunewright.train.setup import Training, setup
 from tunewright.train.state import TrainState
 from tunewright.train.steps import evaluate_loss, progress_bar, save_trained
+
+TRAINING_FILE = "training.json"  # the run's training summary; the report shows it
 
 
 @dataclass
@@ -47,6 +52,19 @@ class TrainResult:
     planned_step_tokens: list[int] | None = None  # dry run: tokens in each planned optimiser step
     stopped_early: bool = False
     out_of_time: bool = False  # stopped by train.max_minutes before the last planned step
+
+    def summary(self) -> dict[str, Any]:
+        """What `training.json` holds and the report's training section shows."""
+        return {
+            "steps": self.steps,
+            "planned_steps": self.planned_steps,
+            "stopped_by_time_budget": self.out_of_time,
+            "seconds": round(self.seconds, 1),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "final_train_loss": round(self.train_loss, 4),
+            "val_loss": None if self.val_loss is None else round(self.val_loss, 4),
+            "precision": self.precision,
+        }
 
 
 @dataclass
@@ -69,8 +87,8 @@ def train(
     dry_run_steps: int | None = None,
     restore_rng: bool = True,
 ) -> TrainResult:
-    """Fine-tune `cfg.model` on `dataset.train`; writes the adapter/model, checkpoints and
-    metrics to the run folder. With `dry_run_steps`, only measure speed and memory."""
+    """Fine-tune `cfg.model` on `dataset.train`; writes the adapter/model, checkpoints, metrics
+    and `training.json` to the run folder. With `dry_run_steps`, only measure speed and memory."""
     console = console or Console(stderr=True)
     run, state = setup(
         cfg, dataset, console=console, restore_rng=restore_rng, dry_run_steps=dry_run_steps
@@ -221,7 +239,8 @@ def save_state(run: Training, state: TrainState) -> None:
 
 
 def finish(run: Training, state: TrainState, fitted: Fitted) -> TrainResult:
-    """Keep the best weights seen (not the last ones), validate them, save the adapter or model."""
+    """Keep the best weights seen (not the last ones), validate them, save the adapter or model,
+    and write `training.json`."""
     result = _result(run, state, fitted)
     last_val = state.val_loss if state.val_loss is not None else math.inf
     if fitted.best_weights is not None and state.best_val_loss < last_val:
@@ -246,6 +265,8 @@ def finish(run: Training, state: TrainState, fitted: Fitted) -> TrainResult:
             run.cfg.train.method,
             state_dict=whole,
         )
+        summary = json.dumps(result.summary(), indent=2)
+        write_text_atomic(run.cfg.run_dir / TRAINING_FILE, summary)
     run.accelerator.wait_for_everyone()
     return result
 
