@@ -134,8 +134,8 @@ def profile_ours(cfg, dataset) -> dict:
     from tunewright.hardware import resolve_precision
     from tunewright.models import load_model
     from tunewright.train.batching import batch_schedule
+    from tunewright.train.micro_batches import MicroBatches
     from tunewright.train.model_setup import ChunkedLossForward, apply_training_method
-    from tunewright.train.steps import MicroBatches
 
     precision = resolve_precision(cfg.train.precision)
     loaded = load_model(cfg.model.name)

@@ -128,6 +128,42 @@ def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir):
     assert "# Evaluation report" in (run / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_train_alone_writes_training_json_that_a_later_evaluate_reports(tmp_path, tiny_model_dir):
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        tiny_model_dir,
+        train={"max_steps": 3, "report_to": []},
+        evaluate={"models": ["tuned"], "general_check": False},
+    )
+    cache = tmp_path / "cache"
+    trained = tunewright("train", str(recipe), "output_dir=runs", cwd=tmp_path, env_cache=cache)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    run = tmp_path / "runs" / "tiny"
+    training = json.loads((run / "training.json").read_text())
+    assert training["steps"] == training["planned_steps"] == 3
+    assert training["stopped_by_time_budget"] is False and training["val_loss"] > 0
+    assert set(training) == {
+        "steps",
+        "planned_steps",
+        "stopped_by_time_budget",
+        "seconds",
+        "tokens_per_second",
+        "final_train_loss",
+        "val_loss",
+        "precision",
+    }
+    assert not (run / "report.md").exists()
+
+    evaluated = tunewright(
+        "evaluate", str(recipe), "output_dir=runs", cwd=tmp_path, env_cache=cache
+    )
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    report = (run / "report.md").read_text()
+    assert "## Training" in report and "- steps: 3" in report
+    assert f"- val_loss: {training['val_loss']}" in report
+
+
 def test_unknown_recipe_key_is_named(tmp_path, tiny_model_dir):
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, train={"learning_rate": 0.1})
     result = tunewright("prepare", str(recipe), cwd=tmp_path, env_cache=tmp_path / "cache")

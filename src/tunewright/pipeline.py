@@ -13,7 +13,7 @@ from tunewright.data.prepare import prepare
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, evaluate
-from tunewright.runs import RunFolder, open_prepared, write_training_summary
+from tunewright.runs import RunFolder, open_prepared
 from tunewright.scaling import run_scaling
 from tunewright.train.loop import TrainResult, train
 
@@ -66,17 +66,7 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
     )
     console.rule("evaluate")
     result = evaluate(cfg, dataset, trained.output_dir, console=console)
-    training = {
-        "steps": trained.steps,
-        "planned_steps": trained.planned_steps,
-        "stopped_by_time_budget": trained.out_of_time,
-        "seconds": round(trained.seconds, 1),
-        "tokens_per_second": round(trained.tokens_per_second, 1),
-        "final_train_loss": round(trained.train_loss, 4),
-        "val_loss": None if trained.val_loss is None else round(trained.val_loss, 4),
-        "precision": trained.precision,
-    }
-    write_training_summary(cfg.run_dir, training)
+    training = trained.summary()  # as train wrote it to training.json
     if cfg.train.scaling_fractions:  # before the reports: report.html shows the scaling curve
         run_scaling(cfg, dataset, full=result, console=console)
     write_reports(result, cfg.run_dir, training=training)

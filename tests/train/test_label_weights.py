@@ -14,7 +14,7 @@ from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.models import load_model
 from tunewright.train.label_weights import label_weights
 from tunewright.train.loop import train
-from tunewright.train.steps import MicroBatches
+from tunewright.train.micro_batches import MicroBatches
 
 QUIET = Console(quiet=True)
 

@@ -199,6 +199,11 @@ def test_early_stopping_keeps_the_best_and_stops(tmp_path, tiny_model_dir):
     )
     result = train(cfg, prepare(cfg, console=QUIET), console=QUIET)
     assert result.stopped_early and result.steps == 3
+    import json
+
+    training = json.loads((cfg.run_dir / "training.json").read_text())
+    assert (training["steps"], training["planned_steps"]) == (3, 20)
+    assert training["val_loss"] == round(result.val_loss, 4)
 
 
 def test_packed_training_learns(tmp_path, tiny_model_dir):
@@ -219,6 +224,7 @@ def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_model_dir):
     cfg = config(tmp_path, tiny_model_dir)
     result = train(cfg, prepare(cfg, console=QUIET), console=QUIET, dry_run_steps=2)
     assert result.output_dir is None and not (cfg.run_dir / "adapter").exists()
+    assert not (cfg.run_dir / "training.json").exists()
     assert result.tokens_per_second > 0 and result.peak_memory_mb > 0
     assert result.planned_steps > 3 and result.eta_seconds > 0
     # the ETA is per token: every planned step's tokens, all the run's tokens (4 epochs of the split)
@@ -226,3 +232,18 @@ def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_model_dir):
     dataset = prepare(cfg, console=QUIET)
     full = train(cfg, dataset, console=QUIET)
     assert sum(result.planned_step_tokens) == full.trained_tokens
+
+
+def test_a_second_run_in_one_process_trains_in_its_own_precision(tmp_path, tiny_model_dir):
+    # accelerate keeps the first Accelerator's mixed precision for the whole process
+    from accelerate.state import AcceleratorState
+
+    for precision, expected in (("bf16", "bf16"), ("fp32", "no")):
+        cfg = config(
+            tmp_path / precision,
+            tiny_model_dir,
+            "train.max_steps=1",
+            f"train.precision={precision}",
+        )
+        train(cfg, prepare(cfg, console=QUIET), console=QUIET)
+        assert AcceleratorState().mixed_precision == expected

@@ -14,6 +14,7 @@ from tunewright.evaluate.general import general_set
 from tunewright.evaluate.generate import Generation, generate
 from tunewright.models import load_model
 from tunewright.train.loop import train
+from tunewright.train.micro_batches import drop_untrained_tail
 from tunewright.train.replay import (
     CACHE_FILE,
     MAX_ANSWER_TOKENS,
@@ -24,7 +25,6 @@ from tunewright.train.replay import (
     pick_prompts,
     replay_prompts,
 )
-from tunewright.train.steps import drop_untrained_tail
 
 QUIET = Console(quiet=True)
 ROOT = Path(__file__).parents[2]

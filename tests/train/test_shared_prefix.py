@@ -13,9 +13,9 @@ from tunewright.dataset.example import Example, Message
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.models import load_model
 from tunewright.train.loop import train
+from tunewright.train.micro_batches import MicroBatches
 from tunewright.train.model_setup import ChunkedLossForward, apply_training_method
 from tunewright.train.shared_prefix import MIN_SHARED_TOKENS, shared_prefix_length, split_prefix
-from tunewright.train.steps import MicroBatches
 
 QUIET = Console(quiet=True)
 I = IGNORE_INDEX

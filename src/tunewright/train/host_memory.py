@@ -4,12 +4,10 @@ glibc's malloc serves a block from its heap unless the block is larger than `M_M
 which starts at 128 KiB and rises (up to 32 MiB) every time a larger mmapped block is freed. After
 the first few frees, every activation tensor of a training step (MBs to tens of MBs) comes from
 the heap, and the heap hardly ever shrinks: a layer's freed temporaries stay resident while the
-next layer allocates its own above them. Measured on SmolLM2-135M, LoRA, batch 8 x 366 tokens
-with activation checkpointing: 1.9 GB of the heap was free-but-resident after one forward pass,
-peak RSS 3.8 GB; with a fixed 1 MiB threshold, 1.8 GB. A fixed threshold serves every tensor of
-1 MiB or more with its own mapping and gives it back to the OS when freed; the price is page
-faults on reuse: 87 -> 57.5 tokens/s on the throughput benchmark (peak RSS 4.9 -> 2.0 GB), which is
-why the loop applies it only in the memory-lean mode.
+next layer allocates its own above them, so much of the peak RSS is memory already freed. A fixed
+threshold serves every tensor of 1 MiB or more with its own mapping and gives it back to the OS
+when freed, which cuts the peak RSS well down. The price is page faults on reuse, so slower
+steps: the loop applies it only in the memory-lean mode (measured: docs/results.md).
 """
 
 from __future__ import annotations

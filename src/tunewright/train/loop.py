@@ -1,9 +1,12 @@
-"""The training loop, top to bottom: setup, then for each optimiser step forward, backward,
-accumulate, clip, step; maybe validate; maybe checkpoint; log.
+"""The training loop, top to bottom: `setup` (train/setup.py) builds the run, `fit` takes the
+optimiser steps (forward, backward, accumulate, clip, step; maybe validate; maybe checkpoint;
+log), `finish` keeps the best weights, validates and saves. `dry_run` times a few steps of `fit`
+instead of finishing.
 
 `accelerate` handles device, precision and distribution (launch with `accelerate launch` or
 `torchrun` for DDP/FSDP); it never owns the control flow. LoRA vs full fine-tuning is a flag
-(which parameters train), not a second loop.
+(which parameters train), not a second loop. Every mode (packing, shared prefix, label weighting,
+DDP or FSDP, dry run) is chosen once, in `setup`; the loop never asks which one it runs.
 """
 
 from __future__ import annotations
@@ -13,48 +16,26 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
 from rich.console import Console
-from transformers import get_scheduler
 
-from tunewright.config import RunConfig, save_config
+from tunewright.config import RunConfig
 from tunewright.dataset.prepared import PreparedDataset
-from tunewright.dataset.tokenize import ChatTokenizer
-from tunewright.errors import ConfigError, TrainingDivergedError
-from tunewright.hardware import cpu_only, resolve_precision
-from tunewright.models import load_model
-from tunewright.runs import save_trained
-from tunewright.train.batching import batch_schedule
-from tunewright.train.checkpoint import (
-    gather_rng_states,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from tunewright.train.fsdp_state import gather_full_state
-from tunewright.train.host_memory import release_freed_tensors_to_os
-from tunewright.train.metrics_log import MetricsLogger
-from tunewright.train.model_setup import (
-    ChunkedLossForward,
-    apply_training_method,
-    as_float,
-    full_state_dict,
-    make_optimizer,
-    shard_for_fsdp,
-)
-from tunewright.train.replay import base_replay, encode_replay
-from tunewright.train.steps import MicroBatches, evaluate_loss, progress_bar
-from tunewright.train.time_budget import budget_scheduler
+from tunewright.errors import TrainingDivergedError
+from tunewright.runs import save_trained, write_training_summary
+from tunewright.train.checkpoint import gather_rng_states, save_checkpoint
+from tunewright.train.parallel import as_float
+from tunewright.train.setup import Training, setup
+from tunewright.train.state import TrainState
+from tunewright.train.steps import evaluate_loss, progress_bar
 
 
 @dataclass
 class TrainResult:
-    output_dir: (
-        Path | None
-    )  # the adapter folder (LoRA) or the full model folder; None for a dry run
+    # the adapter folder (LoRA) or the full model folder; None for a dry run
+    output_dir: Path | None
     steps: int  # optimiser steps taken (including those before a resume)
     train_loss: float
     val_loss: float | None  # of the weights that were saved (the best ones under early stopping)
@@ -69,6 +50,31 @@ class TrainResult:
     stopped_early: bool = False
     out_of_time: bool = False  # stopped by train.max_minutes before the last planned step
 
+    def summary(self) -> dict[str, Any]:
+        """What `training.json` holds and the report's training section shows."""
+        return {
+            "steps": self.steps,
+            "planned_steps": self.planned_steps,
+            "stopped_by_time_budget": self.out_of_time,
+            "seconds": round(self.seconds, 1),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "final_train_loss": round(self.train_loss, 4),
+            "val_loss": None if self.val_loss is None else round(self.val_loss, 4),
+            "precision": self.precision,
+        }
+
+
+@dataclass
+class Fitted:
+    """How `fit` went, beyond the `TrainState` it advanced."""
+
+    seconds: float = 0.0  # this process's time in the loop
+    timed_seconds: float = 0.0  # from the end of the first step, which pays one-off costs
+    tokens_per_second: float = 0.0  # over the timed seconds
+    best_weights: dict[str, torch.Tensor] | None = None  # at the lowest val loss, in memory
+    stopped_early: bool = False
+    out_of_time: bool = False
+
 
 def train(
     cfg: RunConfig,
@@ -78,317 +84,224 @@ def train(
     dry_run_steps: int | None = None,
     restore_rng: bool = True,
 ) -> TrainResult:
-    """Fine-tune `cfg.model` on `dataset.train`; writes the adapter/model, checkpoints and
-    metrics to the run folder. With `dry_run_steps`, only measure speed and memory."""
+    """Fine-tune `cfg.model` on `dataset.train`; writes the adapter/model, checkpoints, metrics
+    and `training.json` to the run folder. With `dry_run_steps`, only measure speed and memory."""
     console = console or Console(stderr=True)
-    tc = cfg.train
-    run_dir = cfg.run_dir
-    set_seed(tc.seed)
-    precision = resolve_precision(tc.precision)
-    accelerator = Accelerator(
-        mixed_precision="bf16" if precision == "bf16" else "no", cpu=cpu_only()
+    run, state = setup(
+        cfg, dataset, console=console, restore_rng=restore_rng, dry_run_steps=dry_run_steps
     )
-    main = accelerator.is_main_process
-    world = accelerator.num_processes
-    if accelerator.distributed_type == DistributedType.FSDP:
-        raise ConfigError(
-            "launch without accelerate's --use_fsdp and set train.fsdp: true instead: "
-            "tunewright shards the model itself with torch's FSDP2"
-        )
-    fsdp = tc.fsdp and world > 1
-
-    # --- setup: model, data, optimiser ---------------------------------------------------
-    if (
-        tc.activation_checkpointing
-    ):  # the memory-lean mode: else the heap keeps freed activations (peak RSS
-        release_freed_tensors_to_os()  # 4.9 -> 2.0 GB), at a price in page faults (87 -> 58 tokens/s, benchmark)
-    loaded = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    chat = ChatTokenizer(loaded.tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
-    pad_id = loaded.tokenizer.pad_token_id
-    replay = []
-    if (
-        tc.general_replay
-    ):  # the base's own answers to general chats, generated before any adapter exists
-        chats = base_replay(
-            loaded.model,
-            loaded.tokenizer,
-            count=tc.general_replay,
-            seed=tc.seed,
-            model_name=cfg.model.name,
-            cache_dir=run_dir / "data",
-        )
-        replay = encode_replay(chats, loaded.tokenizer, cfg.data.max_seq_len)
-    # shared prefixes run a layer twice per forward: not under activation checkpointing (its
-    # layers drop the cache) nor FSDP (each call would gather the layer's shards again)
-    data = MicroBatches.build(
-        chat,
-        dataset.train,
-        pad_id,
-        packing=tc.packing,
-        max_seq_len=cfg.data.max_seq_len,
-        extra=replay,
-        share_prefix=tc.shared_prefix and not (tc.activation_checkpointing or fsdp),
-        label_weighting=tc.label_weighting,
-    )
-    val_examples = [chat.encode_example(e) for e in dataset.val]
-
-    model = apply_training_method(loaded.model, tc, precision)
-    model.train()
-    forward = ChunkedLossForward(model)
-    if fsdp:  # before the optimiser exists: sharding replaces the parameters with DTensors
-        shard_for_fsdp(forward.to(accelerator.device))
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-    # every rank computes the same schedule from the seed; rank r takes its share of each step
-    schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed)
-    per_step = tc.grad_accum_steps * world
-    total_steps = math.ceil(len(schedule) / per_step)
-    if tc.max_steps is not None:
-        total_steps = min(total_steps, tc.max_steps)
-    optimizer = make_optimizer(model, trainable, tc)
-    warmup_steps = min(tc.lr_warmup_steps, total_steps // 2)
-    budget = None
-    if tc.max_minutes is not None:  # the schedule runs over the time budget (train/time_budget.py)
-        scheduler, budget = budget_scheduler(
-            optimizer, tc.lr_schedule, warmup_steps, total_steps, tc.max_minutes
-        )
-    else:
-        scheduler = get_scheduler(
-            "constant_with_warmup" if tc.lr_schedule == "constant" else tc.lr_schedule,
-            optimizer,
-            num_warmup_steps=warmup_steps,
-            num_training_steps=total_steps,
-        )
-    # the scheduler stays outside accelerate: it would step once per process, but our step
-    # count is already global. Under FSDP the model is already sharded: accelerate would wrap it in DDP
-    if fsdp:
-        optimizer = accelerator.prepare(optimizer)
-    else:
-        forward, optimizer = accelerator.prepare(forward, optimizer)
-
-    # --- resume: weights, optimiser, scheduler, RNG and data position ----------------------
-    checkpoints = run_dir / "checkpoints"
-    start_step, trained_tokens, best_val, evals_without_gain, seconds_before = (
-        0,
-        0,
-        math.inf,
-        0,
-        0.0,
-    )
-    if tc.resume and (latest := latest_checkpoint(checkpoints)) is not None:
-        state = load_checkpoint(
-            latest,
-            model,
-            optimizer,
-            scheduler,
-            restore_rng=restore_rng,
-            rank=accelerator.process_index,
-            sharded=fsdp,
-        )
-        start_step, trained_tokens = state.step, state.data_state["trained_tokens"]
-        best_val = state.metrics.get("best_val_loss", math.inf)
-        evals_without_gain = state.data_state.get("evals_without_gain", 0)
-        seconds_before = state.data_state.get(
-            "train_seconds", 0.0
-        )  # counts against train.max_minutes
-        console.print(f"resumed from {latest.name} (step {start_step} of {total_steps})")
     if dry_run_steps is not None:
-        total_steps = min(
-            total_steps, start_step + dry_run_steps + 1
-        )  # +1: the first step warms up
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if main and dry_run_steps is None:
-        save_config(cfg, run_dir / "config.yaml")  # export/serve read the run's settings from it
-    logger = (
-        MetricsLogger(run_dir, cfg.name, cfg.model_dump(mode="json"), tc.report_to)
-        if main and dry_run_steps is None
-        else None
-    )
-    if main:
-        console.print(
-            f"training {cfg.model.name} ({tc.method}, {precision}, {world} process(es)): "
-            f"{sum(p.numel() for p in trainable.values()):,} trainable parameters, "
-            f"{len(dataset.train)} examples{f' + {len(replay)} general replay' if replay else ''}, {total_steps} steps"
-        )
+        return dry_run(run, state, console)
+    fitted = fit(run, state, console)
+    return finish(run, state, fitted)
 
-    # --- the loop -------------------------------------------------------------------------
-    val_loss, loss_ema, best_state, stopped_early, out_of_time = None, None, None, False, False
-    done, elapsed, tokens_per_second = start_step, 0.0, 0.0
-    started, timed_from, tokens_at_timing = time.perf_counter(), None, trained_tokens
-    with progress_bar(console, disable=not main) as progress:
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def fit(run: Training, state: TrainState, console: Console) -> Fitted:
+    """Optimiser steps from `state.step` to `run.last_step`, advancing `state` in place; stops
+    early on `train.early_stopping_patience` or when `train.max_minutes` is spent."""
+    accelerator, tc, fitted = run.accelerator, run.cfg.train, Fitted()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    started, seconds_before = time.perf_counter(), state.train_seconds
+    timed_from, tokens_at_timing = None, state.trained_tokens
+    with progress_bar(console, disable=not accelerator.is_main_process) as progress:
         task = progress.add_task(
-            "train", total=total_steps, completed=start_step, loss=math.nan, lr=0.0, tps=0.0
+            "train", total=run.last_step, completed=state.step, loss=math.nan, lr=0.0, tps=0.0
         )
-        for step in range(start_step, total_steps):
-            step_batches = schedule[step * per_step : (step + 1) * per_step]
+        for step in range(state.step, run.last_step):
+            step_batches = run.step_batches(step)
             # normalise by the whole step's trained weight (all ranks, all micro-batches), so
             # accumulation and data parallelism both equal one big batch
-            step_weight = sum(data.weight(idx) for idx in step_batches)
-            mine = step_batches[accelerator.process_index :: world]
+            step_weight = sum(run.data.weight(indices) for indices in step_batches)
             step_loss = torch.zeros(())
-            for indices in mine:
-                batch = data.collate(indices)
+            for indices in step_batches[rank::world]:
                 with accelerator.autocast():
-                    nll_sum, _ = forward(**batch)
+                    nll_sum, _ = run.forward(**run.data.collate(indices))
                 # DDP and FSDP average gradients over ranks; scale so the result is the global sum
                 accelerator.backward(nll_sum * world / step_weight)
                 step_loss += nll_sum.detach().float() / step_weight
-                trained_tokens += data.tokens(indices) * world
+                state.trained_tokens += run.data.tokens(indices) * world
             step_loss = float(accelerator.reduce(step_loss, reduction="sum"))
+            max_norm = tc.max_grad_norm or math.inf
             grad_norm = as_float(
-                accelerator.clip_grad_norm_(list(trainable.values()), tc.max_grad_norm or math.inf)
+                accelerator.clip_grad_norm_(list(run.trainable.values()), max_norm)
             )
             if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 # raised before optimizer.step(): weights and checkpoints stay finite
-                raise TrainingDivergedError(
-                    f"step {step + 1}: loss={step_loss} grad_norm={grad_norm} is not finite; lower train.lr "
-                    f"or check the data. The last checkpoint (if any) in {checkpoints} is intact."
-                )
-            optimizer.step()
-            train_seconds = seconds_before + time.perf_counter() - started
-            if (
-                budget is not None
-            ):  # every rank must stop at the same step: the slowest clock decides
-                budget.elapsed_seconds = float(
-                    accelerator.gather(torch.tensor([train_seconds])).max()
-                )
-                out_of_time = budget.spent and dry_run_steps is None
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                raise _diverged(run, step + 1, step_loss, grad_norm)
+            run.optimizer.step()
+            state.train_seconds = seconds_before + time.perf_counter() - started
+            # every rank must stop at the same step: the slowest clock decides
+            if run.budget is not None:
+                spent = accelerator.gather(torch.tensor([state.train_seconds])).max()
+                run.budget.elapsed_seconds = float(spent)
+                fitted.out_of_time = run.budget.spent and run.stop_when_out_of_time
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step = step + 1
 
             if timed_from is None:  # time from the end of the first step: it pays one-off costs
-                timed_from, tokens_at_timing = time.perf_counter(), trained_tokens
-            elapsed = time.perf_counter() - timed_from
-            tokens_per_second = (
-                (trained_tokens - tokens_at_timing) / elapsed if elapsed > 0 else 0.0
+                timed_from, tokens_at_timing = time.perf_counter(), state.trained_tokens
+            fitted.timed_seconds = elapsed = time.perf_counter() - timed_from
+            timed_tokens = state.trained_tokens - tokens_at_timing
+            fitted.tokens_per_second = timed_tokens / elapsed if elapsed > 0 else 0.0
+            ema = state.train_loss_ema
+            state.train_loss_ema = step_loss if ema is None else 0.9 * ema + 0.1 * step_loss
+            lr = run.scheduler.get_last_lr()[0]
+            progress.update(
+                task, advance=1, loss=state.train_loss_ema, lr=lr, tps=fitted.tokens_per_second
             )
-            loss_ema = step_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * step_loss
-            lr = scheduler.get_last_lr()[0]
-            progress.update(task, advance=1, loss=loss_ema, lr=lr, tps=tokens_per_second)
-            done = step + 1
-            if logger and (done % tc.log_every_steps == 0 or done == total_steps):
-                logger.log(
-                    done,
+            if run.logger and (state.step % tc.log_every_steps == 0 or state.step == run.last_step):
+                run.logger.log(
+                    state.step,
                     train_loss=step_loss,
                     lr=lr,
                     grad_norm=grad_norm,
-                    tokens_per_second=tokens_per_second,
+                    tokens_per_second=fitted.tokens_per_second,
                 )
 
-            if (
-                dry_run_steps is None
-                and tc.eval_every_steps
-                and done % tc.eval_every_steps == 0
-                and val_examples
-            ):
-                val_loss = evaluate_loss(forward, val_examples, tc.batch_size, pad_id, accelerator)
-                if logger:
-                    logger.log(done, val_loss=val_loss)
-                if val_loss < best_val:
-                    best_val, evals_without_gain = val_loss, 0
-                    best_state = {k: v.detach().clone() for k, v in trainable.items()}
-                else:
-                    evals_without_gain += 1
-                stopped_early = bool(
-                    tc.early_stopping_patience and evals_without_gain >= tc.early_stopping_patience
-                )
-            if (
-                dry_run_steps is None
-                and tc.checkpoint_every_steps
-                and (done % tc.checkpoint_every_steps == 0 or stopped_early)
-            ):
-                # collectives, so every rank takes part: each hands over its RNG state and, under
-                # FSDP, its shards; rank 0 alone writes
-                rngs = gather_rng_states()
-                model_state, optimizer_state = (
-                    gather_full_state(model, optimizer) if fsdp else (trainable, optimizer)
-                )
-                if main:
-                    save_checkpoint(
-                        checkpoints,
-                        step=done,
-                        model_state=model_state,
-                        optimizer=optimizer_state,
-                        scheduler=scheduler,
-                        rng=rngs,
-                        data_state={
-                            "trained_tokens": trained_tokens,
-                            "evals_without_gain": evals_without_gain,
-                            "train_seconds": train_seconds,
-                        },
-                        metrics={"val_loss": val_loss, "best_val_loss": best_val},
-                        keep_last=tc.keep_checkpoints,
-                        best_metric_key="val_loss" if tc.eval_every_steps else None,
-                    )
-                accelerator.wait_for_everyone()
-            if stopped_early:
-                console.print(
-                    f"early stopping at step {done}: no better val loss in {evals_without_gain} validations"
-                )
+            if run.eval_every_steps and state.step % run.eval_every_steps == 0 and run.val_examples:
+                if validate(run, state):
+                    fitted.best_weights = {k: v.detach().clone() for k, v in run.trainable.items()}
+                patience = tc.early_stopping_patience
+                fitted.stopped_early = bool(patience and state.evals_without_gain >= patience)
+            every = run.checkpoint_every_steps
+            if every and (state.step % every == 0 or fitted.stopped_early):
+                save_state(run, state)
+            if fitted.stopped_early or fitted.out_of_time:
+                console.print(_why_stopped(run, state, fitted))
                 break
-            if out_of_time:
-                console.print(
-                    f"time budget of {tc.max_minutes:g} min spent at step {done} of {total_steps}"
-                )
-                break
+    fitted.seconds = time.perf_counter() - started
+    return fitted
 
-    seconds = time.perf_counter() - started
+
+def _diverged(run: Training, step: int, loss: float, grad_norm: float) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"step {step}: loss={loss} grad_norm={grad_norm} is not finite; lower train.lr or check "
+        f"the data. The last checkpoint (if any) in {run.checkpoint_dir} is intact."
+    )
+
+
+def _why_stopped(run: Training, state: TrainState, fitted: Fitted) -> str:
+    if fitted.stopped_early:
+        return (
+            f"early stopping at step {state.step}: no better val loss in "
+            f"{state.evals_without_gain} validations"
+        )
+    return (
+        f"time budget of {run.cfg.train.max_minutes:g} min spent at step {state.step} of "
+        f"{run.last_step}"
+    )
+
+
+def validate(run: Training, state: TrainState) -> bool:
+    """The validation loss into `state`; True when it is the best so far."""
+    state.val_loss = evaluate_loss(
+        run.forward, run.val_examples, run.cfg.train.batch_size, run.pad_id, run.accelerator
+    )
+    if run.logger:
+        run.logger.log(state.step, val_loss=state.val_loss)
+    if state.val_loss < state.best_val_loss:
+        state.best_val_loss, state.evals_without_gain = state.val_loss, 0
+        return True
+    state.evals_without_gain += 1
+    return False
+
+
+def save_state(run: Training, state: TrainState) -> None:
+    """Checkpoint the weights, optimiser, scheduler, every rank's RNG and `state`. Collective,
+    so every rank calls it: each hands over its RNG state and, under FSDP, its shards; rank 0
+    alone writes. Only at an optimiser-step boundary, or a resume double-counts accumulation."""
+    rngs = gather_rng_states()
+    model_state, optimizer_state = run.parallelism.checkpoint_state(
+        run.model, run.trainable, run.optimizer
+    )
+    if run.accelerator.is_main_process:
+        save_checkpoint(
+            run.checkpoint_dir,
+            **state.checkpoint_fields(),
+            model_state=model_state,
+            optimizer=optimizer_state,
+            scheduler=run.scheduler,
+            rng=rngs,
+            keep_last=run.cfg.train.keep_checkpoints,
+            best_metric_key="val_loss" if run.cfg.train.eval_every_steps else None,
+        )
+    run.accelerator.wait_for_everyone()
+
+
+# --- the end of a run -----------------------------------------------------------------------
+
+
+def finish(run: Training, state: TrainState, fitted: Fitted) -> TrainResult:
+    """Keep the best weights seen (not the last ones), validate them, save the adapter or model,
+    and write `training.json`."""
+    result = _result(run, state, fitted)
+    last_val = state.val_loss if state.val_loss is not None else math.inf
+    if fitted.best_weights is not None and state.best_val_loss < last_val:
+        with torch.no_grad():
+            for name, value in fitted.best_weights.items():
+                run.trainable[name].copy_(value)
+    if run.val_examples:
+        tc = run.cfg.train
+        result.val_loss = evaluate_loss(
+            run.forward, run.val_examples, tc.batch_size, run.pad_id, run.accelerator
+        )
+        if run.logger:
+            run.logger.log(state.step, val_loss=result.val_loss)
+    if run.logger:
+        run.logger.close()
+    whole = run.parallelism.whole_state_dict(run.model)  # collective: every rank takes part
+    if run.accelerator.is_main_process:
+        result.output_dir = save_trained(
+            run.accelerator.unwrap_model(run.forward).model,
+            run.tokenizer,
+            run.cfg.run_dir,
+            run.cfg.train.method,
+            state_dict=whole,
+        )
+        write_training_summary(run.cfg.run_dir, result.summary())
+    run.accelerator.wait_for_everyone()
+    return result
+
+
+def dry_run(run: Training, state: TrainState, console: Console) -> TrainResult:
+    """Time the few steps `setup` planned (after a warm-up one) and estimate the whole run from
+    them; writes nothing. Steps differ in length (batches are length-grouped, then shuffled), so
+    a few steps' mean time misjudges the run: the estimate is the time per token times every
+    planned step's tokens (measured: docs/results.md)."""
+    first_step = state.step
+    fitted = fit(run, state, console)
+    result = _result(run, state, fitted)
+    step_tokens = [
+        sum(run.data.tokens(indices) for indices in run.step_batches(step))
+        for step in range(run.planned_steps)
+    ]
+    seconds_per_token = fitted.timed_seconds / max(sum(step_tokens[first_step + 1 : state.step]), 1)
+    result.planned_step_tokens = step_tokens
+    result.eta_seconds = seconds_per_token * sum(step_tokens)
+    if run.cfg.train.max_minutes is not None:
+        result.eta_seconds = min(result.eta_seconds, run.cfg.train.max_minutes * 60)
+    return result
+
+
+def _result(run: Training, state: TrainState, fitted: Fitted) -> TrainResult:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    steps_done = done
-    result = TrainResult(
+    return TrainResult(
         output_dir=None,
-        steps=steps_done,
-        train_loss=loss_ema if loss_ema is not None else math.nan,
+        steps=state.step,
+        train_loss=state.train_loss_ema if state.train_loss_ema is not None else math.nan,
         val_loss=None,
-        trained_tokens=trained_tokens,
-        seconds=seconds,
-        tokens_per_second=tokens_per_second,
-        precision=precision,
+        trained_tokens=state.trained_tokens,
+        seconds=fitted.seconds,
+        tokens_per_second=fitted.tokens_per_second,
+        precision=run.precision,
         peak_memory_mb=peak_mb,
-        planned_steps=total_steps,
-        stopped_early=stopped_early,
-        out_of_time=out_of_time,
+        planned_steps=run.planned_steps,
+        stopped_early=fitted.stopped_early,
+        out_of_time=fitted.out_of_time,
     )
-    if dry_run_steps is not None:
-        planned = (
-            math.ceil(len(schedule) / per_step)
-            if tc.max_steps is None
-            else min(tc.max_steps, math.ceil(len(schedule) / per_step))
-        )
-        # steps differ in length (batches are length-grouped, then shuffled), so a few steps' mean
-        # time misjudges the run (by 11% on Banking77): time per token, times each planned step's tokens
-        step_tokens = [
-            sum(data.tokens(b) for b in schedule[s * per_step : (s + 1) * per_step])
-            for s in range(planned)
-        ]
-        timed_tokens = sum(step_tokens[start_step + 1 : steps_done])
-        seconds_per_token = elapsed / max(timed_tokens, 1)
-        result.planned_steps, result.planned_step_tokens = planned, step_tokens
-        result.eta_seconds = seconds_per_token * sum(step_tokens)
-        if tc.max_minutes is not None:
-            result.eta_seconds = min(result.eta_seconds, tc.max_minutes * 60)
-        return result
-
-    if best_state is not None and best_val < (val_loss if val_loss is not None else math.inf):
-        with torch.no_grad():  # keep the best weights seen, not the last ones
-            for name, value in best_state.items():
-                trainable[name].copy_(value)
-    if val_examples:
-        result.val_loss = evaluate_loss(forward, val_examples, tc.batch_size, pad_id, accelerator)
-        if logger:
-            logger.log(steps_done, val_loss=result.val_loss)
-    if logger:
-        logger.close()
-    gathered = full_state_dict(model) if fsdp else None  # collective: every rank takes part
-    if main:
-        result.output_dir = save_trained(
-            accelerator.unwrap_model(forward).model,
-            loaded.tokenizer,
-            run_dir,
-            tc.method,
-            state_dict=gathered,
-        )
-    accelerator.wait_for_everyone()
-    return result

@@ -82,42 +82,6 @@ def causal_lm_of(model: nn.Module) -> PreTrainedModel:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def shard_for_fsdp(forward: nn.Module) -> None:
-    """FSDP2 (torch's `fully_shard`): every decoder layer is one unit, gathered just before it
-    runs and freed after; the root unit holds the rest (embeddings, the tied head, the final norm)
-    and is gathered for the whole forward, which is why the chunked loss can read the head's
-    weight directly. Works on CPU (gloo) and GPU (NCCL) alike."""
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in causal_lm_of(forward.model).model.layers:
-        fully_shard(layer)
-    fully_shard(forward)
-
-
-def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The module's state with FSDP shards gathered into whole tensors. Collective under FSDP:
-    every rank must call it. A tied weight (the LM head sharing the embedding) is listed once,
-    under its first name, as `save_pretrained` does for the model's own state."""
-    from torch.distributed.tensor import DTensor
-
-    seen: set[int] = set()
-    gathered = {}
-    for key, value in module.state_dict(keep_vars=True).items():
-        if id(value) in seen:
-            continue
-        seen.add(id(value))
-        value = value.detach()
-        gathered[key] = value.full_tensor() if isinstance(value, DTensor) else value
-    return gathered
-
-
-def as_float(value) -> float:
-    """A Python float from a scalar tensor, gathering it first if FSDP made it a DTensor."""
-    from torch.distributed.tensor import DTensor
-
-    return float(value.full_tensor() if isinstance(value, DTensor) else value)
-
-
 class ChunkedLossForward(nn.Module):
     """Model body + memory-lean loss as one module, so DDP/FSDP wrap the whole training forward.
 

@@ -21,6 +21,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from tunewright.dataset.tokenize import IGNORE_INDEX, TokenizedExample
+from tunewright.train.batching import collate
 
 # Below this the second, one-row pass costs about what sharing saves.
 MIN_SHARED_TOKENS = 4
@@ -59,6 +60,18 @@ def split_prefix(
         for e in examples
     ]
     return list(examples[0].input_ids[:length]), rest
+
+
+def collate_shared_prefix(
+    examples: list[TokenizedExample], pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """`collate`, with the prefix the rows share (when worth it) cut from each row and given
+    once as `prefix_ids` [1, P]; the forward then runs it once for all rows."""
+    shared = shared_prefix_length(examples)
+    if not shared:
+        return collate(examples, pad_token_id)
+    prefix, rows = split_prefix(examples, shared)
+    return {**collate(rows, pad_token_id), "prefix_ids": torch.tensor([prefix])}
 
 
 def body_after_prefix(

@@ -2,8 +2,8 @@
 
 "Train for 15 minutes" is how people compare methods on a fixed machine, and how a domain team
 with one box plans. Stopping a step-planned run when time is up would cut its schedule halfway,
-at a high learning rate; guessing the steps that fit from a short timing run misjudges by ±20%
-on a shared 2-core machine (measured: Banking77's dry run 226 tokens/s, the run itself 276).
+at a high learning rate; guessing the steps that fit from a short timing run misjudges them,
+because a few steps' speed on a shared machine is not the whole run's (measured: docs/results.md).
 So the schedule's progress is whichever is further along, the steps done or the share of the
 budget spent: it reaches its end exactly when time runs out, or at the last planned step.
 """
