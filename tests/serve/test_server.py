@@ -11,8 +11,8 @@ from openai import OpenAI
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.errors import TunewrightError
-from tunewright.evaluate.generate import generate
 from tunewright.export.source import load_tuned
+from tunewright.inference.generate import generate
 from tunewright.serve.registry import load_models
 from tunewright.serve.server import check_bind, start_server
 from tunewright.serve.settings import ServeSettings

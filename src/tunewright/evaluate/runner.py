@@ -34,7 +34,6 @@ from tunewright.evaluate.compare import (
     strongest,
 )
 from tunewright.evaluate.general import answer_general, forgetting_summary
-from tunewright.evaluate.generate import Generation, generate
 from tunewright.evaluate.labels import LabelMatcher
 from tunewright.evaluate.metrics import (
     encode_labels,
@@ -47,6 +46,7 @@ from tunewright.evaluate.prompts import Variant, base_variants, variant_messages
 from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn
 from tunewright.files import write_text_atomic
 from tunewright.hardware import torch_dtype
+from tunewright.inference.generate import Generation, generate
 from tunewright.models import load_model
 
 
