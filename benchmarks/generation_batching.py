@@ -21,7 +21,7 @@ import torch
 
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
-from tunewright.evaluate.generate import generate
+from tunewright.inference.generate import generate
 from tunewright.models import DEFAULT_MODEL, load_model
 
 QUESTIONS = Path(__file__).parents[1] / "recipes" / "data" / "banking77" / "test.csv"

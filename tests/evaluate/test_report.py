@@ -8,9 +8,9 @@ import pytest
 
 from tunewright.evaluate.compare import outcomes, paired_comparison, right_flags, strongest
 from tunewright.evaluate.general import forgetting_summary, general_set
-from tunewright.evaluate.generate import Generation
 from tunewright.evaluate.report import verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, ModelScores
+from tunewright.inference.generate import Generation
 
 LABELS = [f"label_{k:02d}" for k in range(20)]
 N = 60

@@ -12,7 +12,7 @@ from openai import OpenAI
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.errors import TunewrightError
-from tunewright.evaluate.generate import generate
+from tunewright.inference.generate import generate
 from tunewright.runs import load_tuned
 from tunewright.serve.registry import load_models
 from tunewright.serve.server import check_bind, start_server

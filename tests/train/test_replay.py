@@ -11,7 +11,7 @@ from tunewright.data.prepare import prepare
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.evaluate.general import general_set
-from tunewright.evaluate.generate import Generation, generate
+from tunewright.inference.generate import Generation, generate
 from tunewright.models import load_model
 from tunewright.train.loop import train
 from tunewright.train.micro_batches import drop_untrained_tail

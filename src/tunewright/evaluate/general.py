@@ -17,8 +17,8 @@ from importlib.resources import files
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.compare import paired_comparison, significance_sentence
-from tunewright.evaluate.generate import generate
 from tunewright.evaluate.metrics import normalize_answer
+from tunewright.inference.generate import generate
 
 # Short facts need few tokens; a longer limit only buys rambling.
 MAX_NEW_TOKENS = 32

@@ -31,7 +31,7 @@ from tunewright.evaluate.stats import bootstrap_ci
 if TYPE_CHECKING:
     from tunewright.config import JudgeConfig, RunConfig
     from tunewright.dataset.example import Example
-    from tunewright.evaluate.generate import Generation
+    from tunewright.inference.generate import Generation
 
 DEFAULT_RUBRIC = (
     "You are a strict, fair grader. Judge whether the assistant's answer to the question is "

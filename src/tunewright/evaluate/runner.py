@@ -33,7 +33,6 @@ from tunewright.evaluate.compare import (
     strongest,
 )
 from tunewright.evaluate.general import answer_general, forgetting_summary
-from tunewright.evaluate.generate import Generation, generate
 from tunewright.evaluate.labels import LabelMatcher
 from tunewright.evaluate.metrics import (
     encode_labels,
@@ -46,6 +45,7 @@ from tunewright.evaluate.prompts import Variant, base_variants, variant_messages
 from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn
 from tunewright.files import write_text_atomic
 from tunewright.hardware import torch_dtype
+from tunewright.inference.generate import Generation, generate
 from tunewright.models import load_model
 from tunewright.runs import RunFolder, Trained, load_trained, read_run_config
 

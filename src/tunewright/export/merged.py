@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tunewright.evaluate.generate import stop_token_ids
+from tunewright.inference.tokens import stop_token_ids
 from tunewright.runs import TunedRun
 
 

@@ -12,7 +12,7 @@ import re
 
 from transformers import PreTrainedTokenizerBase
 
-from tunewright.evaluate.generate import stop_token_ids
+from tunewright.inference.tokens import stop_token_ids
 
 _CHATML_TEMPLATE = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 

@@ -18,7 +18,9 @@ from transformers import PreTrainedTokenizerBase
 
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
-from tunewright.evaluate.generate import generate
+from tunewright.inference.generate import generate
+from tunewright.inference.padding import left_pad
+from tunewright.inference.tokens import pad_token_id
 from tunewright.runs import RunFolder, open_prepared
 
 # Greedy-answer agreement an export must reach to be published. Quantised formats round every
@@ -110,7 +112,7 @@ def check_parity(
     model.eval()
     ids = _encode(tokenizer, reference.prompts)
     max_diff, mean_diff = _logit_diffs(
-        reference.model, model, reference.ids, reference.tokenizer.pad_token_id
+        reference.model, model, reference.ids, pad_token_id(reference.tokenizer)
     )
     answers = _greedy(model, tokenizer, ids, reference.prompts.max_new_tokens)
     same = [a == b for a, b in zip(reference.answers, answers)]
@@ -179,14 +181,13 @@ def _logit_diffs(
     max_diff, total, count = 0.0, 0.0, 0
     for start in range(0, len(prompts), _BATCH):
         batch = prompts[start : start + _BATCH]
-        width = max(len(p) for p in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, p in enumerate(batch):  # left padding, as generation uses
-            input_ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        padded = left_pad(batch, pad_id)  # the layout generation uses
+        mask = padded.attention_mask
+        kwargs = {
+            "input_ids": padded.input_ids,
+            "attention_mask": mask,
+            "position_ids": padded.position_ids,
+        }
         diff = (a(**kwargs).logits.float() - b(**kwargs).logits.float()).abs()
         real = diff[mask.bool()]  # (real positions, vocab)
         max_diff = max(max_diff, float(real.max()))

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunewright.serve.engine import Delta, Engine, EngineBusy, Job, Sampling
+from tunewright.inference.engine import Delta, Engine, EngineBusy, Job, Sampling
 from tunewright.serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,

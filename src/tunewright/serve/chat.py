@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from rich.console import Console
 
-from tunewright.serve.engine import Delta, Engine, Job, Sampling
+from tunewright.inference.engine import Delta, Engine, Job, Sampling
 from tunewright.serve.registry import load_models
 
 

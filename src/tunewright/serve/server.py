@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from tunewright.errors import TunewrightError
+from tunewright.inference.engine import Engine
 from tunewright.serve.app import create_app
-from tunewright.serve.engine import Engine
 from tunewright.serve.registry import ModelSet, load_models
 from tunewright.serve.settings import ServeSettings
 

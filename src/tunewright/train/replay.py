@@ -26,8 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunewright.dataset.example import Example, Message
 from tunewright.dataset.tokenize import ChatTokenizer, TokenizedExample, TooLongError
-from tunewright.evaluate.generate import Generation, generate
 from tunewright.files import write_text_atomic
+from tunewright.inference.generate import Generation, generate
 
 # answers that have not ended by then are dropped, not cut (a cut answer would teach stopping
 # mid-sentence); short enough that most replayed chats fit a recipe's max_seq_len of 128-160

@@ -5,8 +5,8 @@ import queue
 import pytest
 import torch
 
+from tunewright.inference.engine import Delta, Engine, EngineBusy, Job, Sampling
 from tunewright.models import load_model
-from tunewright.serve.engine import Delta, Engine, EngineBusy, Job, Sampling
 
 
 @pytest.fixture(scope="module")

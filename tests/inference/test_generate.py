@@ -2,7 +2,7 @@
 
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
-from tunewright.evaluate.generate import MIN_SHARED_PREFIX_TOKENS, generate, shared_prefix_length
+from tunewright.inference.generate import MIN_SHARED_PREFIX_TOKENS, generate, shared_prefix_length
 from tunewright.models import load_model
 
 

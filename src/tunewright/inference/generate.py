@@ -21,25 +21,20 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
+from tunewright.inference.padding import left_pad
+from tunewright.inference.tokens import pad_token_id, stop_token_ids
+
 # Sharing a shorter prefix saves less than the cache copies cost.
 MIN_SHARED_PREFIX_TOKENS = 32
 
 
 @dataclass(frozen=True, slots=True)
 class Generation:
+    """One answer of `generate`: its text (special tokens dropped, stripped) and how it ended."""
+
     text: str
-    new_tokens: int
+    new_tokens: int  # generated tokens, the stop token included
     stopped: bool  # ended with EOS/end-of-turn before the token limit
-
-
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """EOS plus the chat template's end-of-turn token when it differs (e.g. <|eot_id|>)."""
-    ids = {tokenizer.eos_token_id}
-    for candidate in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-        token_id = tokenizer.convert_tokens_to_ids(candidate)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return sorted(i for i in ids if i is not None)
 
 
 def label_trie(sequences: list[list[int]]) -> dict[tuple[int, ...], list[int]]:
@@ -96,7 +91,7 @@ def generate(
     """
     model.eval()
     stops = stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad_id = pad_token_id(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     trie = label_trie(allowed_sequences) if allowed_sequences is not None else None
     shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
@@ -109,16 +104,8 @@ def generate(
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        width = shared + max(len(prompts[i]) - shared for i in indices)
-        input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(
-            indices
-        ):  # pads go before each question: all prompts end at one column
-            input_ids[row, :shared] = torch.tensor(prompts[i][:shared])
-            input_ids[row, width - len(prompts[i]) + shared :] = torch.tensor(prompts[i][shared:])
-            attention_mask[row, :shared] = 1
-            attention_mask[row, width - len(prompts[i]) + shared :] = 1
+        batch = left_pad([prompts[i] for i in indices], pad_id, shared_prefix=shared)
+        width = batch.input_ids.shape[1]
         options = (
             {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
         )
@@ -132,8 +119,8 @@ def generate(
 
             options["prefix_allowed_tokens_fn"] = allowed
         output = model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention_mask.to(model.device),
+            input_ids=batch.input_ids.to(model.device),
+            attention_mask=batch.attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,
             eos_token_id=stops,
             pad_token_id=pad_id,

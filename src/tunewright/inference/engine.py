@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from tunewright.evaluate.generate import stop_token_ids
+from tunewright.inference.padding import left_pad
+from tunewright.inference.tokens import pad_token_id, stop_token_ids
 
-log = logging.getLogger("tunewright.serve")
+log = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
@@ -136,9 +137,7 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.stops = set(stop_token_ids(tokenizer))
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stops)
-        )
+        self.pad_id = pad_token_id(tokenizer)
         self.max_batch_size = max_batch_size
         self.adapters = adapters  # True when `model` is a PeftModel serving adapters by name
         self._queue: queue.Queue[Job] = queue.Queue(max_queue)
@@ -251,16 +250,11 @@ class Engine:
 
     def _admit(self, jobs: list[Job]) -> None:
         """Prefill the new prompts and join their rows to the running batch."""
-        width = max(len(j.prompt_ids) for j in jobs)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for r, job in enumerate(jobs):  # left padding: every prompt ends in the last column
-            ids[r, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
-            mask[r, width - len(job.prompt_ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        batch = left_pad([job.prompt_ids for job in jobs], self.pad_id)
+        mask, width = batch.attention_mask, batch.input_ids.shape[1]
         new_rows = [_Row(job, self) for job in jobs]
         cache = DynamicCache()
-        logits = self._forward(new_rows, ids, mask, positions, cache)
+        logits = self._forward(new_rows, batch.input_ids, mask, batch.position_ids, cache)
         if not self._rows:
             self._rows, self._cache, self._mask, self._logits = new_rows, cache, mask, logits
             return
