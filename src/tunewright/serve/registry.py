@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tunewright.errors import TunewrightError
+from tunewright.hardware import torch_dtype
 from tunewright.models import load_model, resolve_model_folder
 from tunewright.runs import ADAPTER_CONFIG, RunFolder, adapter_base_model, read_run_config
 
@@ -61,7 +62,9 @@ class _Adapter:
     system_prompt: str | None
 
 
-def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> ModelSet:
+def load_models(
+    sources: list[str], adapters: dict[str, str] | None = None, *, precision: str = "auto"
+) -> ModelSet:
     """Load the base model once and attach every adapter; raises TunewrightError on conflicts."""
     if not sources:
         raise TunewrightError("name at least one model or run folder to serve")
@@ -103,7 +106,7 @@ def load_models(sources: list[str], adapters: dict[str, str] | None = None) -> M
             raise TunewrightError(
                 f"adapter '{adapter.name}' was trained on {adapter.base}, not on the served base {base_name}"
             )
-    loaded = load_model(base_name)  # fp32: on an AVX2 CPU bf16 matmuls are hundreds of times slower
+    loaded = load_model(base_name, dtype=torch_dtype(precision))  # tunewright.hardware decides
     served = {base_served_as: ServedModel(base_served_as, None, base_system, resolved)}
     model = loaded.model
     if found:

@@ -119,7 +119,7 @@ def serve(
     console = console or Console(stderr=True)
     check_bind(settings)  # before the slow model load
     sock = _listen(settings)
-    models = load_models(sources, adapters)
+    models = load_models(sources, adapters, precision=settings.precision)
     server, engine = _uvicorn(models, settings)
     host, port = sock.getsockname()[:2]
     base = f"http://{_url_host(host)}:{port}/v1"

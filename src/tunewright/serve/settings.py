@@ -3,6 +3,8 @@ are generated from it (cli.py), so a new setting needs no CLI code."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -36,6 +38,9 @@ class ServeSettings(BaseModel):
     )
     max_batch_size: int = Field(
         16, ge=1, description="Most sequences decoded together in one forward pass."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Weights' precision; auto: bf16 where this machine runs it fast."
     )
     max_queue: int = Field(
         256, ge=1, description="Most requests waiting; beyond it the server answers 503."
