@@ -5,10 +5,11 @@ import json
 import re
 
 import pytest
+from rich.console import Console
 
 from tunewright.evaluate.compare import outcomes, paired_comparison, right_flags, strongest
 from tunewright.evaluate.general import forgetting_summary, general_set
-from tunewright.evaluate.report import verdict, write_reports
+from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, ModelScores
 from tunewright.inference.generate import Generation
 
@@ -152,3 +153,76 @@ def test_scaling_plot_appears_when_scaling_json_exists(tmp_path):
     assert "<h2>Metric vs training examples</h2>" in text
     assert "Forgetting check" not in text and "<h2>Training</h2>" not in text
     assert len(re.findall(r"data:image/png;base64,", text)) == 3  # scaling, confusion, lengths
+
+
+CLASSIFICATION_METRICS = {
+    "stop_rate": 0.99,
+    "accuracy": 0.864,
+    "accuracy_strict": 0.851,
+    "macro_f1": 0.858,
+    "invalid_rate": 0.004,
+}
+GENERATION_METRICS = {
+    "stop_rate": 0.97,
+    "rouge_l": 0.224,
+    "token_f1": 0.301,
+    "exact_match": 0.0,
+    "judge_score": 3.4,
+    "judge_unparsed_rate": 0.01,
+}
+
+
+def _realistic(task: str, variants: list[str]) -> EvalResult:
+    """Every metric a real evaluation computes, with intervals, and the paired tests."""
+    metrics = CLASSIFICATION_METRICS if task == "classification" else GENERATION_METRICS
+    models = {
+        name: ModelScores(
+            name,
+            f"{name} prompt",
+            {m: {"value": v, "low": v - 0.02, "high": v + 0.02} for m, v in metrics.items()},
+            [],
+            [],
+            [],
+            None,
+            333.4,
+        )
+        for name in variants
+    }
+    headline = "accuracy" if task == "classification" else "rouge_l"
+    result = EvalResult(task, headline, 500, models, strongest_base="base_kshot")
+    for name in variants:
+        if name != "tuned":
+            c = {"delta": 0.698, "low": 0.652, "high": 0.741, "p_value": 1.4e-76}
+            if task == "classification":
+                c["macro_f1"] = {"delta": 0.70, "low": 0.64, "high": 0.75, "p_value": 0.001}
+            result.comparisons[name] = c
+    return result
+
+
+@pytest.mark.parametrize(
+    "task, variants",
+    [
+        ("classification", ["base_0shot", "base_kshot", "tuned"]),
+        ("generation", ["base_0shot", "base_kshot", "tuned"]),
+        ("classification", ["base_0shot", "base_kshot", "tuned", "customer-support-rank32"]),
+    ],
+)
+def test_summary_table_is_readable_in_80_columns(task, variants):
+    console = Console(width=80, record=True)
+    console.print(summary_table(_realistic(task, variants)))
+    text = console.export_text()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    metrics = CLASSIFICATION_METRICS if task == "classification" else GENERATION_METRICS
+    rows = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    for metric in metrics:
+        assert metric in rows, f"{metric} not a whole row label:\n{text}"
+    if len(variants) == 3:  # the usual three fit whole, each value above its interval
+        for name in variants:
+            assert name in text.splitlines()[2], text
+        headline = "86.4%\n[84.4%, 88.4%]" if task == "classification" else "0.224\n[0.204, 0.244]"
+        value, interval = headline.split("\n")
+        assert any(
+            value in a and interval in b for a, b in zip(text.splitlines(), text.splitlines()[1:])
+        )
+        assert "+0.698" in text and "[+0.652, +0.741]" in text and "p = 1.4e-76" in text

@@ -50,22 +50,53 @@ def metric_names(result: EvalResult) -> list[str]:
 
 
 def summary_table(result: EvalResult) -> Table:
-    """The metrics of every variant, for the terminal."""
-    table = Table(title=f"{result.task}: {result.n_examples} held-out examples (95% bootstrap CI)")
-    table.add_column("model", style="bold")
+    """The metrics of every variant, for the terminal: one row per metric, one column per variant.
+
+    Variants are few (two to four) and metrics are several, so variants go across and metrics
+    down; each cell puts the value above its interval. That keeps a three-variant table within
+    80 columns, where one column per metric cut every header to a few letters. The metric names
+    never wrap; anything else folds rather than being cut off with an ellipsis.
+    """
     names = metric_names(result)
+    table = Table(
+        title=f"{result.task}: {result.n_examples} held-out examples (95% bootstrap CI)",
+        show_lines=True,
+    )
+    table.add_column("metric", no_wrap=True)
+    for variant in result.models:
+        table.add_column(variant, justify="right", overflow="fold")
     for metric in names:
-        table.add_column(metric, justify="right")
-    table.add_column("tuned vs it", justify="right")
-    table.add_column("eval time", justify="right")
-    for name, scores in result.models.items():
         table.add_row(
-            name,
-            *(fmt_cell(m, scores.metrics[m]) for m in names),
-            comparison_cell(result, name),
-            f"{scores.seconds:.0f} s",
+            metric,
+            *(_stacked_cell(metric, scores.metrics[metric]) for scores in result.models.values()),
+            style="bold" if metric == result.headline else None,
         )
+    if result.comparisons:
+        table.add_row(
+            f"tuned minus it\n({result.headline})",
+            *(_stacked_comparison(result.comparisons.get(name)) for name in result.models),
+        )
+        if any("macro_f1" in c for c in result.comparisons.values()):
+            table.add_row(
+                "tuned minus it\n(macro_f1)",
+                *(
+                    _stacked_comparison(result.comparisons.get(name, {}).get("macro_f1"))
+                    for name in result.models
+                ),
+            )
+    table.add_row("eval time", *(f"{s.seconds:.0f} s" for s in result.models.values()))
     return table
+
+
+def _stacked_cell(metric: str, cell: dict[str, float]) -> str:
+    value, _, interval = fmt_cell(metric, cell).partition(" ")
+    return f"{value}\n{interval}"
+
+
+def _stacked_comparison(c: dict | None) -> str:
+    if not c:
+        return ""
+    return f"{c['delta']:+.3f}\n[{c['low']:+.3f}, {c['high']:+.3f}]\np = {c['p_value']:.2g}"
 
 
 def comparison_cell(result: EvalResult, name: str) -> str:
