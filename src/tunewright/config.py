@@ -31,6 +31,7 @@ InputFormat = Literal[
 CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]
 PiiType = Literal["EMAIL", "IBAN", "CREDIT_CARD", "SSN", "IP_ADDRESS", "PHONE"]
 LabelWeighting = Literal["none", "balanced", "sqrt"]
+Truncation = Literal["none", "input_end", "input_start", "input_middle"]
 _PII_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -98,6 +99,10 @@ class DataConfig(_Strict):
         None, ge=1, description="Evaluate on at most this many test examples (seeded sample)."
     )
     max_seq_len: int = Field(512, ge=8, description="Longest tokenised example, in tokens.")
+    truncate: Truncation = Field(
+        "none",
+        description="Chats over max_seq_len: 'none' quarantines them; input_end, input_start or input_middle cuts that part of the user text to fit.",
+    )
     seed: int = Field(0, description="Seed for sampling and splitting.")
     clean: list[CleanStep] = Field(
         default_factory=lambda: ["unicode", "control", "whitespace"],

@@ -56,7 +56,8 @@ def render_card(summary: dict) -> str:
         f"| → not used after sampling | {s['not_used_after_sampling']:,} |",
         "",
     ]
-    lines += _sources(s) + _tokens(s.get("tokens")) + _labels(s) + _duplicates(s) + _cleaning(s)
+    lines += _sources(s) + _tokens(s.get("tokens"), s.get("truncated"))
+    lines += _labels(s) + _duplicates(s) + _cleaning(s)
     lines += ["", f"Manifest hash `{s.get('manifest_hash', '')[:16]}` (see manifest.json).", ""]
     return "\n".join(lines)
 
@@ -75,7 +76,7 @@ def _sources(s: dict) -> list[str]:
     return lines + [""]
 
 
-def _tokens(tokens: dict | None) -> list[str]:
+def _tokens(tokens: dict | None, truncated: dict | None) -> list[str]:
     if not tokens:
         return ["## Tokens", "", "Token statistics were not computed for this run.", ""]
     lines = [
@@ -91,7 +92,19 @@ def _tokens(tokens: dict | None) -> list[str]:
             f"| {name} | {t['examples']:,} | {t['tokens']:,} | {t['trained_tokens']:,} | "
             f"{t['mean_length']} | {t['median_length']} | {t['p95_length']} | {t['max_length']} |"
         )
-    return lines + ["", f"![length histogram]({HISTOGRAM_FILE})", ""]
+    return lines + ["", *_truncated(truncated), f"![length histogram]({HISTOGRAM_FILE})", ""]
+
+
+def _truncated(truncated: dict | None) -> list[str]:
+    if not truncated or not truncated["examples"]:
+        return []
+    per_split = ", ".join(f"{n:,} {split}" for split, n in truncated["by_split"].items())
+    return [
+        f"**{truncated['examples']:,} examples were over the limit and had their user text "
+        f"shortened to fit** ({per_split}; data.truncate: {truncated['mode']}): "
+        f"{truncated['tokens_removed']:,} tokens cut in all, answers and system prompts kept whole.",
+        "",
+    ]
 
 
 def _labels(s: dict) -> list[str]:

@@ -3,7 +3,8 @@ dataset folder.
 
 Stages, in order: collect (`collect.py`: read, validate, clean, redact, cut long texts) ->
 deduplicate (`duplicates.py`) -> split, checking each selected example's token length with the
-model's tokenizer and chat template (`split.py`, `token_stats.py`) -> leakage check -> write
+model's tokenizer and chat template and, with `data.truncate`, shortening the user text of chats
+over the limit (`split.py`, `token_stats.py`, `truncate.py`) -> leakage check -> write
 (`store.py`, `card.py`).
 
 Memory stays bounded however large the input: examples stream through collection and
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -48,13 +50,19 @@ from tunewright.dataset.prepared import SPLITS, SUMMARY_FILE, PreparedDataset
 from tunewright.dataset.store import (
     SplitWriter,
     Spool,
+    examples_table,
     files_under,
     sha256_file,
+    table_examples,
     write_json,
     write_jsonl,
 )
 from tunewright.errors import DataError
 from tunewright.files import commit, temporary_path
+
+if TYPE_CHECKING:  # imported where used: they load transformers, which tokens=False skips
+    from tunewright.data.token_stats import Measured
+    from tunewright.data.truncate import Cut
 
 _LEAKS_LISTED = 20
 
@@ -146,10 +154,10 @@ def _prepare(
     # Pass 2: split (reading back only the examples whose token length must be checked).
     units = order_streams(pool_ids, held_ids, dc, labels=keys.label_ranks(), groups=keys.groups())
     meter = _token_meter(cfg, tokenizer()) if tokens else None
-    ids = (
+    ids, cuts = (
         _split_with_token_check(units, dc, meter, spool, quarantine, strict)
         if meter
-        else take_splits(*units, dc, None)
+        else (take_splits(*units, dc, None), {})
     )
     if not len(ids.train):
         last = quarantine.last
@@ -168,7 +176,7 @@ def _prepare(
     # Pass 3: write the splits, streaming the spool once more. The folder is incomplete until
     # summary.json is written again.
     (folder / SUMMARY_FILE).unlink(missing_ok=True)
-    sizes = _write_splits(folder, spool, split_code)
+    sizes = _write_splits(folder, spool, split_code, cuts)
     members = [i for cluster in duplicates.clusters for i in cluster]
     split_of = {i: SPLITS[split_code[i]] for i in members if split_code[i] >= 0}
     leaks = find_leaks(duplicates.clusters, split_of)
@@ -206,6 +214,7 @@ def _prepare(
             "redacted": _merged(held.pii, pool.pii),
         },
         "tokens": meter.summary() if meter else None,
+        "truncated": meter.truncation() if meter else None,
         "sources": held.sources + pool.sources,
         "skipped_files": held.skipped_files + pool.skipped_files,
     }
@@ -213,7 +222,7 @@ def _prepare(
     commit(quarantine.path, folder / "quarantine.jsonl")
     write_jsonl(folder / "duplicates.jsonl", _duplicate_rows(duplicates, source_of))
     _write_folder(folder, cfg, summary, [held, pool])
-    _report(console, folder, summary, quarantine)
+    _report(console, folder, summary, quarantine, dc.max_seq_len)
     return PreparedDataset(folder, labels=labels, summary=summary)
 
 
@@ -285,14 +294,16 @@ class _Unmeasured(Exception):
 
 def _split_with_token_check(
     units: tuple[Units, Units], dc, meter, spool: Spool, quarantine: QuarantineLog, strict: bool
-) -> SplitIds:
-    """Split, offering each example to the token-length check as it is taken.
+) -> tuple[SplitIds, dict[int, Cut]]:
+    """Split, offering each example to the token-length check as it is taken; returns the
+    splits and, by example id, how the taken examples that were shortened to fit were cut.
 
     Only the front of each take order can be offered, so only that is read back from the spool
     and measured: all of it without `data.max_train_examples`, a little more than the quotas with
     it (doubled and retried in the rare case rejections use up the margin)."""
     pool_units, held_units = units
-    measured: dict[int, tuple[int, int] | Quarantined] = {}
+    measured: dict[int, Measured | Quarantined] = {}
+    cuts: dict[int, Cut] = {}
 
     def probe(i: int, split: str) -> bool:
         result = measured.get(i)
@@ -309,7 +320,9 @@ def _split_with_token_check(
                     f"{result.location}: {result.reason} (strict mode: stopping at the first bad row)"
                 )
             return False
-        meter.record(split, *result)
+        meter.record(split, result)
+        if result.cut is not None:
+            cuts[i] = result.cut
         return True
 
     n_pool, n_held = len(pool_units), len(held_units)
@@ -332,16 +345,29 @@ def _split_with_token_check(
             break
         except _Unmeasured:
             front_pool, front_held = 2 * front_pool, 2 * front_held
-    return take_splits(pool_units, held_units, dc, accept)
+    return take_splits(pool_units, held_units, dc, accept), cuts
 
 
-def _write_splits(folder: Path, spool: Spool, split_code: np.ndarray) -> dict[str, int]:
-    """Route every spooled example to its split's file (in input order); returns the sizes."""
+def _write_splits(
+    folder: Path, spool: Spool, split_code: np.ndarray, cuts: dict[int, Cut]
+) -> dict[str, int]:
+    """Route every spooled example to its split's file (in input order), shortened where it was
+    cut to fit; returns the sizes."""
     writers = {name: SplitWriter(folder / f"{name}.parquet") for name in SPLITS}
     try:
         for table in spool.tables():
-            codes = split_code[table.column("id").to_numpy()]
-            rows = table.drop_columns(["id"])
+            ids = table.column("id").to_numpy()
+            codes = split_code[ids]
+            if cuts and any(i in cuts for i in ids.tolist()):
+                examples = table_examples(table)
+                rows = examples_table(
+                    [
+                        cuts[i].apply(example) if i in cuts else example
+                        for i, example in zip(ids.tolist(), examples, strict=True)
+                    ]
+                )
+            else:
+                rows = table.drop_columns(["id"])
             for code, name in enumerate(SPLITS):
                 mask = codes == code
                 if mask.any():
@@ -399,7 +425,8 @@ def _token_meter(cfg: RunConfig, tokenizer):
     from tunewright.data.token_stats import TokenMeter
     from tunewright.dataset.tokenize import ChatTokenizer
 
-    return TokenMeter(ChatTokenizer(tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len))
+    chat = ChatTokenizer(tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
+    return TokenMeter(chat, cfg.data.truncate)
 
 
 def _merged(*counters: Counter) -> dict:
@@ -481,7 +508,9 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _report(console: Console, folder: Path, summary: dict, quarantine: QuarantineLog) -> None:
+def _report(
+    console: Console, folder: Path, summary: dict, quarantine: QuarantineLog, max_seq_len: int
+) -> None:
     for source in summary["sources"]:
         if "note" in source:
             console.print(f"[yellow]note:[/] {escape(source['path'])}: {escape(source['note'])}")
@@ -495,6 +524,21 @@ def _report(console: Console, folder: Path, summary: dict, quarantine: Quarantin
         )
         for q in quarantine.first:
             console.print(f"  {escape(q.location)}: {escape(q.reason)}")
+    truncated = summary["truncated"]
+    if truncated and truncated["examples"]:
+        per_split = ", ".join(f"{n:,} {split}" for split, n in truncated["by_split"].items())
+        console.print(
+            f"{truncated['examples']:,} example(s) over data.max_seq_len={max_seq_len} shortened "
+            f"to fit ({per_split}; {truncated['tokens_removed']:,} tokens of user text cut, "
+            f"data.truncate={truncated['mode']})"
+        )
+    elif (
+        quarantine.by_problem["over the token limit"] and truncated and truncated["mode"] == "none"
+    ):
+        console.print(
+            "  [dim]to shorten long inputs instead, set data.truncate: input_end (or input_start, "
+            "input_middle): the user text is cut to fit, the answer kept whole[/]"
+        )
     found = summary["duplicates"]["found"]
     if found:
         console.print(

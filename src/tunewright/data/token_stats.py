@@ -2,59 +2,90 @@
 
 Each example that preparation selects is encoded exactly as training will encode it
 (`ChatTokenizer.encode_example`): that both checks it against `data.max_seq_len` and counts its
-tokens and its trained (unmasked) tokens. Raw texts are counted untruncated, plus the EOS token
-training appends, so a text that would be cut is reported instead.
+tokens and its trained (unmasked) tokens. A chat over the limit is shortened when
+`data.truncate` says so (`truncate.py`) and measured as shortened. Raw texts are counted
+untruncated, plus the EOS token training appends, so a text that would be cut is reported instead.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
+from tunewright.config import Truncation
 from tunewright.data.quarantine import RowError
+from tunewright.data.truncate import Cut, Truncator
 from tunewright.dataset.example import Example
+from tunewright.dataset.prepared import SPLITS
 from tunewright.dataset.tokenize import ChatTokenizer, TooLongError
 
 HISTOGRAM_BINS = 32
 
 
-class TokenMeter:
-    """Measures examples and keeps per-split lengths and trained-token counts."""
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """An example as training will see it: its tokens, its trained tokens and, when it was
+    shortened to fit, how (None: whole)."""
 
-    def __init__(self, chat: ChatTokenizer) -> None:
+    length: int
+    trained: int
+    cut: Cut | None = None
+
+
+class TokenMeter:
+    """Measures examples and keeps per-split lengths, trained-token and truncation counts."""
+
+    def __init__(self, chat: ChatTokenizer, truncate: Truncation = "none") -> None:
         self.chat = chat
+        self.truncate = truncate
+        self.truncator = Truncator(chat, truncate) if truncate != "none" else None
         self.lengths: dict[str, list[int]] = defaultdict(list)
         self.trained: dict[str, int] = defaultdict(int)
+        self.truncated: dict[str, int] = defaultdict(int)
+        self.tokens_removed = 0
 
-    def measure(self, example: Example, split: str) -> None:
-        """Record the example under `split`; raises RowError if it is over the token limit."""
-        self.record(split, *self.encode(example))
-
-    def record(self, split: str, length: int, trained: int) -> None:
+    def record(self, split: str, measured: Measured) -> None:
         """Count an example measured by `encode` under `split`."""
-        self.lengths[split].append(length)
-        self.trained[split] += trained
+        self.lengths[split].append(measured.length)
+        self.trained[split] += measured.trained
+        if measured.cut is not None:
+            self.truncated[split] += 1
+            self.tokens_removed += measured.cut.tokens_removed
 
-    def encode(self, example: Example) -> tuple[int, int]:
-        """The example's length and trained tokens; raises RowError if over the token limit."""
+    def encode(self, example: Example) -> Measured:
+        """The example measured, shortened first if it is over the token limit and
+        `data.truncate` allows; raises RowError if it is (still) over the limit."""
         if example.is_chat:
             try:
-                encoded = self.chat.encode_example(example)
+                encoded, cut = self.chat.encode_example(example), None
             except TooLongError as e:
-                raise RowError(str(e).split(": ", 1)[-1], "over the token limit") from None
-            length, trained = len(encoded.input_ids), encoded.num_trained_tokens
-        else:
-            tokenizer = self.chat.tokenizer
-            length = len(tokenizer(example.text, add_special_tokens=False)["input_ids"])
-            length += tokenizer.eos_token_id is not None
-            if length > self.chat.max_seq_len:
-                raise RowError(
-                    f"{length} tokens, over data.max_seq_len={self.chat.max_seq_len}",
-                    "over the token limit",
-                )
-            trained = length
-        return length, trained
+                shortened = self.truncator.shorten(example, e.length) if self.truncator else None
+                if shortened is None:
+                    raise RowError(str(e).split(": ", 1)[-1], "over the token limit") from None
+                cut, encoded = shortened
+            return Measured(len(encoded.input_ids), encoded.num_trained_tokens, cut)
+        tokenizer = self.chat.tokenizer
+        length = len(tokenizer(example.text, add_special_tokens=False)["input_ids"])
+        length += tokenizer.eos_token_id is not None
+        if length > self.chat.max_seq_len:
+            raise RowError(
+                f"{length} tokens, over data.max_seq_len={self.chat.max_seq_len}",
+                "over the token limit",
+            )
+        return Measured(length, length)
+
+    def truncation(self) -> dict:
+        """`data.truncate`, the examples shortened to fit (in all and per split) and the
+        tokens that removed."""
+        by_split = {split: self.truncated[split] for split in SPLITS}
+        return {
+            "mode": self.truncate,
+            "examples": sum(by_split.values()),
+            "by_split": by_split,
+            "tokens_removed": self.tokens_removed,
+        }
 
     def summary(self) -> dict:
         """Per split: examples, tokens, trained tokens, mean/median/p95/max length; and one

@@ -195,10 +195,11 @@ class Spool:
             mask = np.isin(table.column("id").to_numpy(), wanted)
             if mask.any():
                 picked = table.filter(mask)
-                yield from zip(picked.column("id").to_pylist(), _examples(picked), strict=True)
+                yield from zip(picked.column("id").to_pylist(), table_examples(picked), strict=True)
 
 
-def _examples(table) -> list[Example]:
+def table_examples(table) -> list[Example]:
+    """The examples of a table with the split schema (the `id` column, if any, is ignored)."""
     examples = []
     for row in table.to_pylist():
         messages = tuple(
@@ -219,7 +220,7 @@ def read_split(path: Path, limit: int | None = None) -> list[Example]:
 
     examples: list[Example] = []
     for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
-        examples += _examples(batch)
+        examples += table_examples(batch)
         if limit is not None and len(examples) >= limit:
             return examples[:limit]
     return examples

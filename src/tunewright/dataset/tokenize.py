@@ -21,6 +21,10 @@ IGNORE_INDEX = -100  # labels with this value carry no loss (the torch cross-ent
 class TooLongError(DataError):
     """An example with more tokens than `max_seq_len`; the message names its source."""
 
+    def __init__(self, message: str, length: int) -> None:
+        super().__init__(message)
+        self.length = length  # the example's tokens, chat template applied
+
 
 @dataclass(frozen=True, slots=True)
 class TokenizedExample:
@@ -106,7 +110,8 @@ class ChatTokenizer:
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         if len(ids) > self.max_seq_len:
             raise TooLongError(
-                f"{example.source}: {len(ids)} tokens, over data.max_seq_len={self.max_seq_len}"
+                f"{example.source}: {len(ids)} tokens, over data.max_seq_len={self.max_seq_len}",
+                len(ids),
             )
         labels = [IGNORE_INDEX] * len(ids)
         weights = [0.0] * len(ids)
