@@ -1,5 +1,5 @@
 """The README is a manual that works: its own-data example runs as written (on the tiny model), and
-every command, option and recipe key it shows exists.
+every command, option and recipe key it shows exists; links into docs/results.md land on an anchor.
 
 Blocks the README marks with `<!-- readme-test: NAME -->` are the example: `tickets.csv`,
 `my-recipe.yaml`, `chats.jsonl` are written to files of those names, and each line of `commands`
@@ -198,3 +198,27 @@ def test_chat_example_prepares_without_bad_rows(example, tiny_model_dir):
     rows = len(marked_blocks()["chats.jsonl"].splitlines())
     assert summary["quarantined"] == 0
     assert summary["splits"]["test"] == rows and summary["splits"]["train"] == rows
+
+
+RESULTS = README.parent / "docs" / "results.md"
+# Code comments point at these (docs/results.md#NAME) instead of quoting numbers: keep them.
+STABLE_ANCHORS = {
+    "training-throughput",
+    "time-budget",
+    "shared-prefix",
+    "general-replay",
+    "label-weighting",
+    "finance-variants",
+    "banking77-uplift",
+    "pubmedqa",
+    "medquad",
+}
+
+
+def test_links_to_results_land_on_an_anchor():
+    results = RESULTS.read_text(encoding="utf-8")
+    anchors = set(re.findall(r'<a id="([\w-]+)"></a>', results))
+    assert STABLE_ANCHORS <= anchors
+    linked = re.findall(r"\(docs/results\.md#([\w-]+)\)", TEXT)
+    linked += re.findall(r"\]\(#([\w-]+)\)", results)
+    assert linked and set(linked) <= anchors
