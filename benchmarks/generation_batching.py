@@ -5,7 +5,9 @@ Run: PYTHONPATH=src python benchmarks/generation_batching.py [--prompts 64] [--m
 spin-wait and make the one-at-a-time loop of tiny forward passes many times slower)
 
 Both ways decode the same prompts greedily in one process, so the ratio is what batching buys on
-this machine, whatever its speed. Prompts are the first Banking77 test questions with the demo
+this machine, whatever its speed. `--rates` also measures prefill and decode on their own and
+prints their achieved GFLOP/s against the matrix-product rate measured in the same run (targets:
+prefill >= 50% of it; a decode step at batch 64 within 2x of its FLOP cost). Prompts are the first Banking77 test questions with the demo
 recipe's system prompt (what `tunewright evaluate` generates for). Prints both timings, the speed
 ratio (target: at least 8x) and whether every answer is token-for-token identical.
 """
@@ -21,6 +23,7 @@ import torch
 
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
+from tunewright.hardware import torch_dtype
 from tunewright.inference.generate import generate
 from tunewright.models import DEFAULT_MODEL, load_model
 
@@ -34,9 +37,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rates", action="store_true", help="also time prefill and decode alone")
+    parser.add_argument(
+        "--precision", default="auto", help="auto, bf16 or fp32 (tunewright.hardware decides auto)"
+    )
     args = parser.parse_args()
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=torch_dtype(args.precision))
     chat = ChatTokenizer(loaded.tokenizer, SYSTEM_PROMPT, 512)
     with QUESTIONS.open(encoding="utf-8") as f:
         questions = [row["text"] for row, _ in zip(csv.DictReader(f), range(args.prompts))]
@@ -87,6 +94,59 @@ def main() -> None:
     )
     for i in differing[:3]:
         print(f"  prompt {i}: one-at-a-time {single[i].text!r} vs batched {batched[i].text!r}")
+    if args.rates:
+        rates(loaded.model, prompts, args.batch_size, steps=args.max_new_tokens)
+
+
+def forward_flops(model, tokens: int, context: int, logits_rows: int) -> float:
+    """FLOPs of a forward pass over `tokens` new positions that attend to `context` positions on
+    average: 2 per weight of every decoder linear layer per token, the LM head for the rows
+    whose logits are computed, and QK^T plus AV (4 x context x hidden per token and layer)."""
+    cfg = model.config
+    decoder = sum(
+        m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear)
+    )
+    head = model.lm_head.weight.numel()
+    attention = 4 * cfg.num_hidden_layers * context * cfg.hidden_size
+    return 2.0 * decoder * tokens + 2.0 * head * logits_rows + attention * tokens
+
+
+@torch.inference_mode()
+def rates(model, prompts: list[list[int]], batch_size: int, *, steps: int) -> None:
+    """Prefill one batch of equal-length prompts, then decode `steps` tokens, timing each."""
+    from train_throughput import matmul_rates  # benchmarks/ is on the path when run as a script
+    from transformers import DynamicCache
+
+    dtype = next(model.parameters()).dtype
+    rate = matmul_rates()["bfloat16" if dtype == torch.bfloat16 else "float32"]
+    width = max(map(len, prompts[:batch_size]))
+    rows = [p + p[-1:] * (width - len(p)) for p in (prompts * batch_size)[:batch_size]]
+    ids = torch.tensor(rows)
+    for _ in range(2):  # the first call pays one-off costs
+        cache = DynamicCache(config=model.config)
+        started = time.perf_counter()
+        out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        prefill_s = time.perf_counter() - started
+    prefill = forward_flops(model, batch_size * width, (width + 1) / 2, batch_size)
+    step_s = []
+    token = out.logits[:, -1:].argmax(-1)
+    for k in range(steps):
+        started = time.perf_counter()
+        out = model(input_ids=token, cache=cache, use_cache=True)
+        step_s.append(time.perf_counter() - started)
+        token = out.logits[:, -1:].argmax(-1)
+    step = sorted(step_s[1:])[len(step_s[1:]) // 2]  # median, after a warm-up step
+    decode = forward_flops(model, batch_size, width + steps / 2, batch_size)
+    print(f"matmul rate ({dtype}): {rate:.1f} GFLOP/s")
+    print(
+        f"prefill {batch_size} x {width} tokens: {prefill_s:.2f} s, {prefill / prefill_s / 1e9:.1f} "
+        f"GFLOP/s = {prefill / prefill_s / 1e9 / rate:.0%} of the matmul rate (target >= 50%)"
+    )
+    cost = decode / (rate * 1e9)
+    print(
+        f"decode step at batch {batch_size}: {step * 1e3:.0f} ms, its FLOPs cost {cost * 1e3:.0f} ms "
+        f"at the matmul rate: {step / cost:.1f}x (target <= 2x)"
+    )
 
 
 if __name__ == "__main__":

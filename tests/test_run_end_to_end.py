@@ -126,6 +126,12 @@ def test_run_writes_a_complete_run_folder(tmp_path, tiny_model_dir):
     # the summary table is printed with both models' scores
     assert "base" in result.stdout and "tuned" in result.stdout and "accuracy" in result.stdout
     assert "# Evaluation report" in (run / "report.md").read_text()
+    # the last line says what the run achieved and what each stage cost
+    tuned_accuracy = results["models"]["tuned"]["metrics"]["accuracy"]["value"]
+    output = (result.stdout + result.stderr).splitlines()
+    done = [line for line in output if line.startswith("done in ")]
+    assert done and f"tuned accuracy {tuned_accuracy:.1%} on " in done[-1]
+    assert all(f" {stage} " in done[-1] for stage in ("prepare", "train", "evaluate"))
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
     save_config(cfg, run_folder.config_file)
     console.rule("prepare")
     dataset = prepare(cfg, strict=strict, console=console)
+    prepared_at = time.perf_counter()
     s = dataset.summary["splits"]
     console.print(
         f"train {s['train']}, validation {s['val']}, test {s['test']} examples "
@@ -65,7 +66,9 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
         f"{trained.tokens_per_second:.0f} tokens/s; val loss {trained.val_loss}"
     )
     console.rule("evaluate")
+    evaluate_from = time.perf_counter()
     result = evaluate(cfg, dataset, trained.output_dir, console=console)
+    evaluated_at = time.perf_counter()
     training = trained.summary()  # as train wrote it to training.json
     if cfg.train.scaling_fractions:  # before the reports: report.html shows the scaling curve
         run_scaling(cfg, dataset, full=result, console=console)
@@ -76,4 +79,38 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
         console.print(result.general["sentence"])
     console.print(f"report: {run_folder.report_html}")
     console.print(f"run folder: {cfg.run_dir}")
-    return RunResult(cfg.run_dir, trained, result, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    console.print(
+        done_line(
+            result,
+            trained,
+            seconds=seconds,
+            prepare_seconds=prepared_at - started,
+            evaluate_seconds=evaluated_at - evaluate_from,
+        )
+    )
+    return RunResult(cfg.run_dir, trained, result, seconds)
+
+
+def done_line(
+    result: EvalResult,
+    trained: TrainResult,
+    *,
+    seconds: float,
+    prepare_seconds: float,
+    evaluate_seconds: float,
+) -> str:
+    """One line saying what the run achieved and what each stage cost, printed last."""
+    tuned = result.models.get("tuned")
+    score = ""
+    if tuned is not None:
+        value = tuned.metrics[result.headline]["value"]
+        shown = f"{value:.1%}" if result.headline == "accuracy" else f"{value:.3f}"
+        score = f"tuned {result.headline} {shown} on {result.n_examples} test rows; "
+    budget = " (time budget)" if trained.out_of_time else ""
+    return (
+        f"done in {seconds / 60:.0f} min {seconds % 60:02.0f} s: {score}prepare "
+        f"{prepare_seconds:.0f} s, train {trained.seconds:.0f} s{budget} ({trained.steps} steps, "
+        f"{trained.tokens_per_second:.0f} tokens/s, {trained.precision}), "
+        f"evaluate {evaluate_seconds:.0f} s"
+    )
