@@ -12,6 +12,7 @@ from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.evaluate.general import general_set
 from tunewright.inference.generate import Generation, generate
+from tunewright.inference.tokens import stop_token_ids
 from tunewright.models import load_model
 from tunewright.train.loop import train
 from tunewright.train.micro_batches import drop_untrained_tail
@@ -21,8 +22,8 @@ from tunewright.train.replay import (
     ReplayChat,
     base_replay,
     encode_replay,
-    keep_finished,
     pick_prompts,
+    replay_chats,
     replay_prompts,
 )
 
@@ -42,13 +43,16 @@ def test_prompts_are_shipped_unique_and_not_the_forgetting_checks_questions():
     assert pick_prompts(5, seed=1) == pick_prompts(5, seed=1) != pick_prompts(5, seed=2)
 
 
-def test_only_answers_that_ended_on_their_own_are_kept():
+def test_unfinished_answers_are_kept_and_marked_empty_ones_dropped():
     generations = [
         Generation("Rain is water.", 5, True),
         Generation("It goes on and on", 64, False),
         Generation("", 1, True),
     ]
-    assert keep_finished(["a", "b", "c"], generations) == [ReplayChat("a", "Rain is water.")]
+    assert replay_chats(["a", "b", "c"], generations) == [
+        ReplayChat("a", "Rain is water."),
+        ReplayChat("b", "It goes on and on", finished=False),
+    ]
 
 
 def test_replayed_chats_train_the_answer_without_the_runs_system_prompt(tiny_model_dir):
@@ -66,9 +70,24 @@ def test_replayed_chats_train_the_answer_without_the_runs_system_prompt(tiny_mod
     domain = ChatTokenizer(tokenizer, "Name the banking intent.", 256)
     assert "Name the banking intent." in domain.prompt_text((Message("user", "x"),))
     assert "Name the banking intent." not in text
-    assert (
-        encode_replay([ReplayChat("Describe rain.", "word " * 300)], tokenizer, 64) == []
-    )  # too long: left out
+    [ended] = encode_replay([ReplayChat("Describe rain.", "Rain falls.")], tokenizer, 256)
+    stops = set(stop_token_ids(tokenizer))
+    assert [t for t in ended.labels if t in stops], "a finished answer trains its end of turn"
+    # unfinished, or too long and cut to fit: the words train, the end of turn does not
+    [unfinished] = encode_replay(
+        [ReplayChat("Describe rain.", "Rain falls and", finished=False)], tokenizer, 256
+    )
+    [cut] = encode_replay([ReplayChat("Describe rain.", "word " * 300)], tokenizer, 64)
+    for example in (unfinished, cut):
+        trained = [t for t in example.labels if t != IGNORE_INDEX]
+        assert trained and not [t for t in trained if t in stops]
+    assert len(cut.input_ids) == 64
+    assert unfinished.num_trained_tokens == ended.num_trained_tokens - 1 + (
+        len(tokenizer("Rain falls and", add_special_tokens=False)["input_ids"])
+        - len(tokenizer("Rain falls.", add_special_tokens=False)["input_ids"])
+    )
+    # a prompt that alone overruns max_seq_len leaves nothing to train: left out
+    assert encode_replay([ReplayChat("word " * 300, "Rain.")], tokenizer, 64) == []
 
 
 def test_base_replay_is_the_base_models_greedy_answers_and_is_cached(tmp_path, tiny_model_dir):
@@ -85,7 +104,7 @@ def test_base_replay_is_the_base_models_greedy_answers_and_is_cached(tmp_path, t
         max_new_tokens=MAX_ANSWER_TOKENS,
         batch_size=1,
     )
-    assert chats == keep_finished(prompts, expected)
+    assert chats == replay_chats(prompts, expected)
     # a second call reads the cache: it never touches the model
     assert (
         base_replay(None, loaded.tokenizer, count=6, seed=0, model_name="tiny", cache_dir=tmp_path)
@@ -106,6 +125,7 @@ def test_training_trains_on_the_replayed_chats_as_well(tmp_path, tiny_model_dir)
                 "model": str(tiny_model_dir),
                 "prompts": prompts,
                 "max_answer_tokens": MAX_ANSWER_TOKENS,
+                "unfinished_kept": True,
             }
             rows = [json.dumps(key)] + [
                 json.dumps({"prompt": p, "answer": f"An answer to {p}"}) for p in prompts

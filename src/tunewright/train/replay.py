@@ -10,6 +10,11 @@ learns the difference: the domain instruction asks for a label, a plain chat get
 Replaying the base's own answers (not some other model's) asks it to keep, not to change, its
 general behaviour, and needs no outside data or licence.
 
+An answer that had not ended within `MAX_ANSWER_TOKENS`, or that does not fit the recipe's
+`max_seq_len`, is kept, cut, with its end-of-turn token untrained: its words are still the base's
+own, and dropping such answers lost most of them (long explanations are what general chats ask
+for), while training an end-of-turn token after a cut would teach stopping mid-sentence.
+
 The answers are cached in the run folder (a dry run and the real run share them).
 """
 
@@ -25,12 +30,12 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tunewright.dataset.example import Example, Message
-from tunewright.dataset.tokenize import ChatTokenizer, TokenizedExample, TooLongError
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.files import write_text_atomic
 from tunewright.inference.generate import Generation, generate
+from tunewright.inference.tokens import stop_token_ids
 
-# answers that have not ended by then are dropped, not cut (a cut answer would teach stopping
-# mid-sentence); short enough that most replayed chats fit a recipe's max_seq_len of 128-160
+# longer answers are cut there, their end-of-turn token untrained (see the module docstring)
 MAX_ANSWER_TOKENS = 64
 _GENERATION_BATCH = 32
 CACHE_FILE = "replay.jsonl"
@@ -40,6 +45,7 @@ CACHE_FILE = "replay.jsonl"
 class ReplayChat:
     prompt: str
     answer: str
+    finished: bool = True  # False: the answer was cut, so its end-of-turn token is not trained
 
 
 @cache
@@ -56,12 +62,12 @@ def pick_prompts(count: int, seed: int) -> list[str]:
     return prompts[:count]
 
 
-def keep_finished(prompts: list[str], generations: list[Generation]) -> list[ReplayChat]:
-    """Prompt/answer pairs whose answer ended on its own and is not empty."""
+def replay_chats(prompts: list[str], generations: list[Generation]) -> list[ReplayChat]:
+    """Prompt/answer pairs with a non-empty answer; `finished` says whether it ended on its own."""
     return [
-        ReplayChat(p, g.text)
+        ReplayChat(p, g.text, g.stopped)
         for p, g in zip(prompts, generations, strict=True)
-        if g.stopped and g.text
+        if g.text
     ]
 
 
@@ -78,7 +84,12 @@ def base_replay(
     holds answers of the same model to the same prompts."""
     prompts = pick_prompts(count, seed)
     cache_path = cache_dir / CACHE_FILE if cache_dir is not None else None
-    key = {"model": model_name, "prompts": prompts, "max_answer_tokens": MAX_ANSWER_TOKENS}
+    key = {
+        "model": model_name,
+        "prompts": prompts,
+        "max_answer_tokens": MAX_ANSWER_TOKENS,
+        "unfinished_kept": True,
+    }
     if cache_path is not None and cache_path.exists():
         lines = cache_path.read_text(encoding="utf-8").splitlines()
         if lines and json.loads(lines[0]) == key:
@@ -91,12 +102,13 @@ def base_replay(
         model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH
     )
     model.train()
-    chats = keep_finished(prompts, generations)
+    chats = replay_chats(prompts, generations)
     if (
         cache_path is not None
     ):  # under DDP every rank writes the same answers: a unique temporary file each
         lines = [json.dumps(key)] + [
-            json.dumps({"prompt": c.prompt, "answer": c.answer}) for c in chats
+            json.dumps({"prompt": c.prompt, "answer": c.answer, "finished": c.finished})
+            for c in chats
         ]
         write_text_atomic(cache_path, "\n".join(lines) + "\n")
     return chats
@@ -105,17 +117,27 @@ def base_replay(
 def encode_replay(
     chats: list[ReplayChat], tokenizer: PreTrainedTokenizerBase, max_seq_len: int
 ) -> list[TokenizedExample]:
-    """Training examples of the replayed chats, without the run's system prompt; any longer than
-    `max_seq_len` are left out."""
-    chat = ChatTokenizer(tokenizer, None, max_seq_len)
+    """Training examples of the replayed chats, without the run's system prompt. An unfinished
+    answer keeps its end-of-turn token untrained; one longer than `max_seq_len` is cut to fit, the
+    same way; a chat whose prompt alone does not fit is left out."""
+    chat = ChatTokenizer(tokenizer, None, 1_000_000)
+    stops = set(stop_token_ids(tokenizer))
     encoded = []
     for c in chats:
-        example = Example(
-            messages=(Message("user", c.prompt), Message("assistant", c.answer)),
-            source="general replay",
+        example = chat.encode_example(
+            Example(
+                messages=(Message("user", c.prompt), Message("assistant", c.answer)),
+                source="general replay",
+            )
         )
-        try:
-            encoded.append(chat.encode_example(example))
-        except TooLongError:
-            continue
+        cut = len(example.input_ids) > max_seq_len
+        labels = list(example.labels[:max_seq_len])
+        if not c.finished or cut:
+            trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+            if trained and labels[trained[-1]] in stops:
+                labels[trained[-1]] = IGNORE_INDEX
+        if all(label == IGNORE_INDEX for label in labels):
+            continue  # nothing of the answer fits
+        weights = None if example.loss_weights is None else example.loss_weights[:max_seq_len]
+        encoded.append(TokenizedExample(example.input_ids[:max_seq_len], labels, weights))
     return encoded
