@@ -109,7 +109,7 @@ def done_line(
         score = f"tuned {result.headline} {shown} on {result.n_examples} test rows; "
     budget = " (time budget)" if trained.out_of_time else ""
     return (
-        f"done in {seconds / 60:.0f} min {seconds % 60:02.0f} s: {score}prepare "
+        f"done in {int(seconds // 60)} min {int(seconds % 60):02d} s: {score}prepare "
         f"{prepare_seconds:.0f} s, train {trained.seconds:.0f} s{budget} ({trained.steps} steps, "
         f"{trained.tokens_per_second:.0f} tokens/s, {trained.precision}), "
         f"evaluate {evaluate_seconds:.0f} s"
