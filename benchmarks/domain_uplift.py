@@ -15,12 +15,15 @@ BUDGET_OVERRIDES below and then the command line's:
    budget is spent, and its learning-rate schedule decays over the budget (train/time_budget.py;
    a recipe smaller than the budget trains in full);
 2. read back `eval/results.json` (every model variant it scored: base zero-shot, base k-shot,
-   tuned, ...), `training.json` and the evaluated references in `eval/examples.jsonl`.
+   tuned, and on classification recipes the classic classifiers tfidf_logreg and embed_logreg,
+   evaluate/baselines.py), `training.json` and the evaluated references in `eval/examples.jsonl`.
 
 It prints, per recipe and variant, the headline metric and macro-F1 with 95% bootstrap intervals,
 the majority-class baseline (accuracy and macro-F1 of always answering the commonest test label:
 a tuned model that only learned the prior scores exactly that), the tuned-minus-strongest-base
-difference, and the training steps and seconds. The same goes to `<output-dir>/summary.json`
+difference, the training steps and seconds, each classic classifier's CPU seconds (fit +
+predict) and whether one matches the tuned model (McNemar p >= 0.05, or better): then the
+fine-tuned LLM is not needed for accuracy on that recipe. The same goes to `<output-dir>/summary.json`
 and `summary.md`.
 
 `--quick` checks that all of this works in minutes: at most 30 training steps of batch 4, 50 test
@@ -52,7 +55,7 @@ BUDGET_OVERRIDES = {
     "customer-support": [
         "data.max_train_examples=null",
         "data.max_test_examples=500",
-        "evaluate.models=[base_0shot,base_kshot,tuned]",
+        "evaluate.models=[base_0shot,base_kshot,tuned,tfidf_logreg,embed_logreg]",
         "evaluate.label_decoding=constrained",
     ],
     "finance": ["data.max_train_examples=null", "evaluate.label_decoding=constrained"],
@@ -116,6 +119,10 @@ def run_recipe(
         "training": training,
         "run_seconds": round(wall, 1),
         "models": {m: v["metrics"] for m, v in results["models"].items()},
+        # the classic classifiers' CPU seconds, fit + predict (time.process_time)
+        "cpu_seconds": {
+            m: v["cpu_seconds"] for m, v in results["models"].items() if "cpu_seconds" in v
+        },
         "comparison": results.get("comparison") or {},
         "comparisons": results.get("comparisons") or {},
         "strongest_base": results.get("strongest_base"),
@@ -140,15 +147,19 @@ def table_rows(result: dict) -> list[list[str]]:
     percent = head == "accuracy"
     t = result["training"]
     seconds = f"{t['seconds']:.0f} s, {t['steps']} of {t.get('planned_steps', '?')} planned steps"
+    cpu = result.get("cpu_seconds") or {}
     rows = []
     for model, metrics in result["models"].items():
+        cost = seconds if model == "tuned" else ""
+        if model in cpu:
+            cost = f"fit + predict {cpu[model]:.1f} CPU s"
         rows.append(
             [
                 result["recipe"],
                 model,
                 _cell(metrics, head, percent),
                 _cell(metrics, "macro_f1", False),
-                seconds if model == "tuned" else "",
+                cost,
             ]
         )
     if "majority" in result:
@@ -182,7 +193,37 @@ def verdict(result: dict) -> str:
         for name, comp in (result.get("comparisons") or {}).items()
         if (m := comp.get("macro_f1"))
     ]
-    return text + (f"; macro-F1 tuned minus {'; '.join(f1)}" if f1 else "")
+    text += f"; macro-F1 tuned minus {'; '.join(f1)}" if f1 else ""
+    return text + classifier_verdict(result)
+
+
+def classifier_verdict(result: dict) -> str:
+    """'' without classic classifiers; else whether one matches the tuned model on the headline
+    metric (McNemar p >= 0.05, or better than it), which makes the fine-tuned LLM unnecessary
+    for accuracy, or that the tuned model beats them all."""
+    cpu = result.get("cpu_seconds") or {}
+    comparisons = result.get("comparisons") or {}
+    scored = [n for n in cpu if n in comparisons]
+    if not scored:
+        return ""
+    head = result["headline"]
+
+    def score(name: str) -> float:
+        return result["models"][name][head]["value"]
+
+    def p(name: str) -> float:
+        return comparisons[name]["p_value"]
+
+    tuned = result["models"]["tuned"][head]["value"]
+    matching = [n for n in scored if p(n) >= 0.05 or comparisons[n]["delta"] <= 0]
+    if not matching:
+        parts = ", ".join(f"{n} {score(n):.3f} (p = {p(n):.2g})" for n in scored)
+        return f". Tuned {tuned:.3f} beats the classic classifiers: {parts}"
+    best = max(matching, key=score)
+    return (
+        f". A classic classifier matches: {best} ({cpu[best]:.1f} CPU s) {score(best):.3f} vs tuned "
+        f"{tuned:.3f} {head} (p = {p(best):.2g}): the fine-tuned LLM is not needed for {head} here"
+    )
 
 
 def write_markdown(results: list[dict], path: Path, header: str) -> None:

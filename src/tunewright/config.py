@@ -291,6 +291,13 @@ class JudgeConfig(_Strict):
         return self
 
 
+EvalModel = Literal["base_0shot", "base_kshot", "tuned", "tfidf_logreg", "embed_logreg"]
+# The variants scored when a recipe names none. The classic classifiers (tfidf_logreg,
+# embed_logreg) need a label set: on a generation task the default list skips them with a note,
+# while a list that names them explicitly is an error (evaluate/runner.py plan_baselines).
+DEFAULT_EVAL_MODELS = ("base_0shot", "base_kshot", "tuned", "tfidf_logreg", "embed_logreg")
+
+
 class EvalConfig(_Strict):
     task: Literal["auto", "classification", "generation"] = Field(
         "auto", description="'classification' when every answer is one of a few labels."
@@ -300,9 +307,15 @@ class EvalConfig(_Strict):
         "free", description="Classification: 'constrained' lets models generate only label names."
     )
     batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
-    models: list[Literal["base_0shot", "base_kshot", "tuned"]] = Field(
-        default_factory=lambda: ["base_0shot", "base_kshot", "tuned"],
-        description="Variants scored: base with the labels listed, base with base_shots examples, tuned.",
+    models: list[EvalModel] = Field(
+        default_factory=lambda: list(DEFAULT_EVAL_MODELS),
+        description="Variants scored: base with the labels listed, base with base_shots "
+        "examples, tuned, and (classification) TF-IDF / base-embedding + logistic regression.",
+    )
+    embed_max_train_examples: int | None = Field(
+        1000,
+        ge=2,
+        description="embed_logreg: embed at most this many train examples (seeded); null: all.",
     )
     base_shots: int = Field(
         5, ge=1, description="Train examples shown to base_kshot as earlier chat turns."

@@ -7,7 +7,13 @@ import re
 import pytest
 from rich.console import Console
 
-from tunewright.evaluate.compare import outcomes, paired_comparison, right_flags, strongest
+from tunewright.evaluate.compare import (
+    outcomes,
+    paired_comparison,
+    paired_macro_f1,
+    right_flags,
+    strongest,
+)
 from tunewright.evaluate.general import forgetting_summary, general_set
 from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, ModelScores
@@ -18,8 +24,9 @@ N = 60
 REFS = [LABELS[i % len(LABELS)] for i in range(N)]
 
 
-def _scores(name: str, right: int) -> ModelScores:
-    """The first `right` examples answered correctly, the rest with the next label."""
+def _scores(name: str, right: int, cpu_seconds: float | None = None) -> ModelScores:
+    """The first `right` examples answered correctly, the rest with the next label; a classic
+    classifier when `cpu_seconds` is set."""
     preds = [
         r if i < right else LABELS[(LABELS.index(r) + 1) % len(LABELS)] for i, r in enumerate(REFS)
     ]
@@ -34,6 +41,7 @@ def _scores(name: str, right: int) -> ModelScores:
         [Generation(p, len(p) // 3, True) for p in preds],
         preds,
         1.0,
+        cpu_seconds,
     )
 
 
@@ -185,6 +193,7 @@ def _realistic(task: str, variants: list[str]) -> EvalResult:
             [],
             None,
             333.4,
+            2.5 if name.endswith("_logreg") else None,
         )
         for name in variants
     }
@@ -205,6 +214,7 @@ def _realistic(task: str, variants: list[str]) -> EvalResult:
         ("classification", ["base_0shot", "base_kshot", "tuned"]),
         ("generation", ["base_0shot", "base_kshot", "tuned"]),
         ("classification", ["base_0shot", "base_kshot", "tuned", "customer-support-rank32"]),
+        ("classification", ["base_0shot", "base_kshot", "tuned", "tfidf_logreg", "embed_logreg"]),
     ],
 )
 def test_summary_table_is_readable_in_80_columns(task, variants):
@@ -226,3 +236,92 @@ def test_summary_table_is_readable_in_80_columns(task, variants):
             value in a and interval in b for a, b in zip(text.splitlines(), text.splitlines()[1:])
         )
         assert "+0.698" in text and "[+0.652, +0.741]" in text and "p = 1.4e-76" in text
+
+
+def _with_classifiers(tuned_right: int, tfidf_right: int, embed_right: int) -> EvalResult:
+    """A result with the two classic classifiers compared with tuned, as the runner does."""
+    result = _result((10, 30), tuned_right, general=False)
+    tuned = result.models["tuned"]
+    for name, right in (("tfidf_logreg", tfidf_right), ("embed_logreg", embed_right)):
+        scores = _scores(name, right, cpu_seconds=1.25)
+        result.models[name] = scores
+        result.comparisons[name] = paired_comparison(
+            "classification",
+            "accuracy",
+            scores.per_example,
+            tuned.per_example,
+            scores.right,
+            tuned.right,
+        ) | {"macro_f1": paired_macro_f1(scores.predictions, tuned.predictions, REFS, LABELS)}
+    return result
+
+
+def test_verdict_says_plainly_when_a_classic_classifier_matches_tuned():
+    sentence = verdict(_with_classifiers(tuned_right=50, tfidf_right=49, embed_right=20))
+    assert sentence.startswith("The tuned model is better than the stronger base variant")
+    assert (
+        "A TF-IDF + logistic regression classifier (1.2 CPU s to fit and predict) scores 81.7% "
+        "vs tuned 83.3% (p = 1, not significantly different from the tuned model): "
+        "the fine-tuned LLM is not needed for accuracy here."
+    ) in sentence
+    assert "embeddings" not in sentence, "the best matching classifier is named, not every one"
+
+
+def test_verdict_says_when_a_classic_classifier_beats_tuned():
+    sentence = verdict(_with_classifiers(tuned_right=35, tfidf_right=20, embed_right=58))
+    assert "A logistic regression on the base model's frozen embeddings (1.2 CPU s" in sentence
+    assert "scores 96.7% vs tuned 58.3%" in sentence and "better than the tuned model" in sentence
+    assert "not needed for accuracy here" in sentence
+
+
+def test_verdict_when_tuned_clearly_beats_the_classifiers():
+    sentence = verdict(_with_classifiers(tuned_right=55, tfidf_right=30, embed_right=10))
+    assert "not needed" not in sentence
+    assert "The tuned model (91.7%) beats the classic classifiers on accuracy: TF-IDF" in sentence
+    assert "frozen embeddings 16.7% (p = " in sentence
+
+
+def test_verdict_adds_a_higher_tuned_macro_f1_to_a_match():
+    result = _with_classifiers(tuned_right=50, tfidf_right=49, embed_right=20)
+    result.comparisons["tfidf_logreg"]["macro_f1"] = {
+        "delta": 0.12,
+        "low": 0.05,
+        "high": 0.2,
+        "p_value": 0.003,
+    }
+    assert verdict(result).endswith(
+        "not needed for accuracy here, though the tuned model's macro-F1 is higher by 0.120 "
+        "(p = 0.003)."
+    )
+
+
+def test_reports_show_the_classifiers_with_their_cpu_time(tmp_path, monkeypatch):
+    from tunewright.evaluate import plots
+
+    plotted = {}
+    real = plots.length_histograms
+
+    def spy(lengths):
+        plotted.update(lengths)
+        return real(lengths)
+
+    monkeypatch.setattr(plots, "length_histograms", spy)
+    result = _with_classifiers(tuned_right=50, tfidf_right=49, embed_right=20)
+    md, html = (p.read_text() for p in write_reports(result, tmp_path))
+    assert "| tfidf_logreg | 81.7% [" in md and "| 1.0 s (1.2 CPU s) |" in md
+    assert "| time |" in md.splitlines()[4]
+    assert "<td>embed_logreg</td>" in html and "1.0 s (1.2 CPU s)" in html
+    assert "not needed for accuracy here" in md and "not needed for accuracy here" in html
+    assert set(plotted) == {"base_0shot", "base_kshot", "tuned"}, "classifiers generate nothing"
+    console = Console(width=80, record=True)
+    console.print(summary_table(result))
+    assert "1.2 CPU s" in console.export_text()
+
+
+def test_a_metric_only_some_variants_have_shows_a_dash(tmp_path):
+    result = _with_classifiers(tuned_right=50, tfidf_right=49, embed_right=20)
+    for name in ("base_0shot", "base_kshot", "tuned"):  # an LLM judge grades generated text only
+        result.models[name].metrics["judge_score"] = {"value": 3.0, "low": 2.5, "high": 3.5}
+    md = write_reports(result, tmp_path)[0].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| tfidf_logreg |"))
+    assert "| - |" in row and "judge_score" in md.splitlines()[4]

@@ -11,9 +11,9 @@ import torch
 from tunewright.config import RunConfig, save_config
 from tunewright.dataset.example import Example, Message
 from tunewright.dataset.prepared import PreparedDataset
-from tunewright.errors import RunFolderError
+from tunewright.errors import ConfigError, RunFolderError
 from tunewright.evaluate.general import general_set
-from tunewright.evaluate.runner import evaluate
+from tunewright.evaluate.runner import evaluate, plan_baselines
 from tunewright.models import load_model
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -80,9 +80,23 @@ def evaluated(tiny_model_dir, tmp_path_factory):
 
 def test_every_variant_is_scored_and_compared_with_tuned(evaluated):
     cfg, result, test = evaluated
-    assert list(result.models) == ["base_0shot", "base_kshot", "tuned", "other"]
+    # the default evaluate.models: the language models first, then the classic classifiers
+    assert list(result.models) == [
+        "base_0shot",
+        "base_kshot",
+        "tuned",
+        "other",
+        "tfidf_logreg",
+        "embed_logreg",
+    ]
     assert result.models["base_kshot"].description == "base model, 3-shot with the labels listed"
-    assert set(result.comparisons) == {"base_0shot", "base_kshot", "other"}
+    assert set(result.comparisons) == {
+        "base_0shot",
+        "base_kshot",
+        "other",
+        "tfidf_logreg",
+        "embed_logreg",
+    }
     assert result.strongest_base == max(
         ["base_0shot", "base_kshot"], key=lambda n: result.models[n].metrics["accuracy"]["value"]
     )
@@ -176,3 +190,64 @@ def test_reports_from_a_real_evaluation(evaluated):
     assert "<h2>Training</h2>" not in text, (
         "no metrics.jsonl and no training summary: no training section"
     )
+
+
+def test_classic_classifiers_are_scored_and_written_like_models(evaluated):
+    cfg, result, test = evaluated
+    saved = json.loads((cfg.run_dir / "eval" / "results.json").read_text())
+    rows = [
+        json.loads(line)
+        for line in (cfg.run_dir / "eval" / "examples.jsonl").read_text().splitlines()
+    ]
+    labels = {e.label for e in test} | {e.label for e in _examples("intents_train.csv")}
+    for name in ("tfidf_logreg", "embed_logreg"):
+        scores = result.models[name]
+        assert scores.is_classifier and scores.cpu_seconds > 0 and scores.seconds > 0
+        assert len(scores.predictions) == len(test) and set(scores.predictions) <= labels
+        entry = saved["models"][name]
+        assert entry["cpu_seconds"] == scores.cpu_seconds
+        assert set(entry["metrics"]) == set(saved["models"]["tuned"]["metrics"]), "same metrics"
+        for metric in ("accuracy", "macro_f1"):
+            cell = entry["metrics"][metric]
+            assert cell["low"] <= cell["value"] <= cell["high"]
+        comparison = saved["comparisons"][name]
+        assert 0 <= comparison["mcnemar_p_value"] <= 1 and "macro_f1" in comparison
+        for row, prediction in zip(rows, scores.predictions):
+            assert row[name]["prediction"] == prediction
+            assert row[name]["right"] == (prediction == row["reference"])
+    assert "cpu_seconds" not in saved["models"]["tuned"]
+    # the verdict is still about the stronger *base* variant, never a classifier
+    assert result.strongest_base in ("base_0shot", "base_kshot")
+    # the words of the intents fixture decide its labels: TF-IDF learns them from 44 rows
+    assert result.models["tfidf_logreg"].metrics["accuracy"]["value"] >= 0.75
+
+
+def test_embed_logreg_alone_loads_the_base_model_for_its_embeddings(tiny_model_dir, tmp_path):
+    train, test = _examples("intents_train.csv"), _examples("intents_test.csv")
+    dataset = PreparedDataset(
+        folder=tmp_path, train=train, val=[], test=test, labels=sorted({e.label for e in train})
+    )
+    cfg = _config(
+        tiny_model_dir, tmp_path, "embed", models=["embed_logreg"], embed_max_train_examples=20
+    )
+    result = evaluate(cfg, dataset, None)
+    assert list(result.models) == ["embed_logreg"] and result.general is None
+    assert result.models["embed_logreg"].description.endswith("20 train examples")
+    assert result.comparisons == {}, "no tuned model to compare with"
+
+
+def test_classifiers_on_a_generation_task(tiny_model_dir, tmp_path):
+    from rich.console import Console
+
+    test = _examples("intents_test.csv")[:3]
+    dataset = PreparedDataset(folder=tmp_path, train=test, val=[], test=test, labels=None)
+    # the default list skips them, saying so
+    console = Console(record=True, width=200)
+    cfg = _config(tiny_model_dir, tmp_path, "gen")
+    assert plan_baselines(cfg, dataset, "generation", console) == []
+    assert "tfidf_logreg, embed_logreg skipped" in console.export_text()
+    # asked for by name: an error naming the key, before any model is loaded
+    asked = _config(tiny_model_dir, tmp_path, "gen2", models=["base_0shot", "tfidf_logreg"])
+    with pytest.raises(ConfigError, match=r"evaluate\.models asks for tfidf_logreg.*generation"):
+        evaluate(asked, dataset, None)
+    assert not (asked.run_dir / "eval").exists()

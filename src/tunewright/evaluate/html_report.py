@@ -14,8 +14,9 @@ from tunewright.evaluate.report import (
     SHOWN_EXAMPLES,
     comparison_cell,
     differing,
-    fmt_cell,
+    metric_cell,
     metric_names,
+    time_cell,
     verdict,
 )
 from tunewright.evaluate.runner import EvalResult
@@ -60,10 +61,18 @@ def _read_jsonl(path: Path) -> list[dict]:
 def _metrics_section(result: EvalResult) -> str:
     names = metric_names(result)
     rows = [
-        [n, m.description, *(fmt_cell(k, m.metrics[k]) for k in names), comparison_cell(result, n)]
+        [
+            n,
+            m.description,
+            *(metric_cell(k, m) for k in names),
+            comparison_cell(result, n),
+            time_cell(m),
+        ]
         for n, m in result.models.items()
     ]
-    table = _table(["model", "prompt", *names, "tuned minus it (95% CI), p"], rows, numeric_from=2)
+    table = _table(
+        ["model", "prompt", *names, "tuned minus it (95% CI), p", "time"], rows, numeric_from=2
+    )
     return (
         f"<h2>Metrics</h2><p class=muted>{result.n_examples} held-out examples; 95% bootstrap intervals; "
         f"p from {'McNemar' if result.task == 'classification' else 'a paired bootstrap'}.</p>{table}"
@@ -123,7 +132,12 @@ def _confusion_section(result: EvalResult) -> str:
 
 
 def _lengths_section(result: EvalResult) -> str:
-    lengths = {n: [a.new_tokens for a in m.answers] for n, m in result.models.items()}
+    # classic classifiers generate nothing: they have no answer lengths
+    lengths = {
+        n: [a.new_tokens for a in m.answers]
+        for n, m in result.models.items()
+        if not m.is_classifier
+    }
     return "<h2>Answer lengths</h2>" + _img(
         plots.length_histograms(lengths), "answer length distributions"
     )

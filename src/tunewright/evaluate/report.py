@@ -1,5 +1,6 @@
-"""The run report: a verdict in one sentence, every variant's metrics with intervals, the paired
-tests, the forgetting check and the examples that changed; as Markdown, HTML and on the terminal."""
+"""The run report: a verdict (tuned vs the stronger base, then whether a classic classifier does as
+well), every variant's metrics with intervals, the paired tests, the forgetting check and the
+examples that changed; as Markdown, HTML and on the terminal."""
 
 from __future__ import annotations
 
@@ -22,7 +23,75 @@ def fmt_cell(metric: str, cell: dict[str, float]) -> str:
 
 
 def verdict(result: EvalResult) -> str:
-    """One sentence: is the tuned model better than the stronger base variant, by how much, how sure."""
+    """Is the tuned model better than the stronger base variant, by how much, how sure; and, where
+    classic classifiers were scored, whether one of them does as well (baseline_verdict)."""
+    return " ".join(s for s in (_base_verdict(result), baseline_verdict(result)) if s)
+
+
+# How the verdict names each classic classifier (evaluate/baselines.py).
+CLASSIFIER_NAMES = {
+    "tfidf_logreg": "TF-IDF + logistic regression classifier",
+    "embed_logreg": "logistic regression on the base model's frozen embeddings",
+}
+
+
+def baseline_verdict(result: EvalResult) -> str:
+    """One sentence on the classic classifiers against the tuned model ('' when none was scored).
+
+    A classifier 'matches' when McNemar's test finds no significant difference from the tuned
+    model, or finds it better: then the fine-tuned LLM is not needed for accuracy, and the
+    sentence says so, naming the best such classifier and its CPU cost. When the tuned model is
+    significantly better than every classifier, the sentence says that instead."""
+    if "tuned" not in result.models:
+        return ""
+    tuned = result.models["tuned"].metrics[result.headline]["value"]
+    scored = [
+        (n, m, result.comparisons[n])
+        for n, m in result.models.items()
+        if m.is_classifier and n in result.comparisons
+    ]
+    if not scored:
+        return ""
+    matching = [s for s in scored if s[2]["p_value"] >= 0.05 or s[2]["delta"] <= 0]
+    if not matching:
+        parts = [
+            f"{CLASSIFIER_NAMES.get(n, n)} {_headline(result, m)} (p = {c['p_value']:.2g})"
+            for n, m, c in scored
+        ]
+        return (
+            f"The tuned model ({_fmt_headline(result, tuned)}) beats the classic classifiers on "
+            f"{result.headline}: {'; '.join(parts)}."
+        )
+    name, best, c = max(matching, key=lambda s: s[1].metrics[result.headline]["value"])
+    relation = (
+        "better than"
+        if c["delta"] < 0 and c["p_value"] < 0.05
+        else "not significantly different from"
+    )
+    sentence = (
+        f"A {CLASSIFIER_NAMES.get(name, name)} ({best.cpu_seconds:.1f} CPU s to fit and predict) "
+        f"scores {_headline(result, best)} vs tuned {_fmt_headline(result, tuned)} "
+        f"(p = {c['p_value']:.2g}, {relation} the tuned model): "
+        f"the fine-tuned LLM is not needed for {result.headline} here"
+    )
+    f1 = c.get("macro_f1")
+    if f1 and f1["p_value"] < 0.05 and f1["delta"] > 0:  # honest both ways: rare labels may differ
+        sentence += (
+            f", though the tuned model's macro-F1 is higher by {f1['delta']:.3f} "
+            f"(p = {f1['p_value']:.2g})"
+        )
+    return sentence + "."
+
+
+def _fmt_headline(result: EvalResult, value: float) -> str:
+    return f"{value:.1%}" if result.headline in _PERCENT_METRICS else f"{value:.3f}"
+
+
+def _headline(result: EvalResult, scores) -> str:
+    return _fmt_headline(result, scores.metrics[result.headline]["value"])
+
+
+def _base_verdict(result: EvalResult) -> str:
     c = result.comparison
     if "tuned" not in result.models or not c:
         return "The tuned model and a base variant were not both evaluated: no comparison."
@@ -44,18 +113,34 @@ def verdict(result: EvalResult) -> str:
 
 
 def metric_names(result: EvalResult) -> list[str]:
-    """The headline metric first, then the others in the order they were computed."""
-    first = next(iter(result.models.values()))
-    return [result.headline] + [m for m in first.metrics if m != result.headline]
+    """The headline metric first, then the others in the order they were computed (a metric only
+    some variants have, such as an LLM judge's, which classic classifiers lack, included)."""
+    seen = dict.fromkeys(m for scores in result.models.values() for m in scores.metrics)
+    return [result.headline] + [m for m in seen if m != result.headline]
+
+
+def metric_cell(metric: str, scores) -> str:
+    """`fmt_cell` of one variant's metric, or '-' where that variant does not have it."""
+    cell = scores.metrics.get(metric)
+    return fmt_cell(metric, cell) if cell else "-"
+
+
+def time_cell(scores) -> str:
+    """How long a variant took: wall seconds, and CPU seconds for a classic classifier."""
+    if scores.is_classifier:
+        return f"{scores.seconds:.1f} s ({scores.cpu_seconds:.1f} CPU s)"
+    return f"{scores.seconds:.0f} s"
 
 
 def summary_table(result: EvalResult) -> Table:
     """The metrics of every variant, for the terminal: one row per metric, one column per variant.
 
-    Variants are few (two to four) and metrics are several, so variants go across and metrics
+    Variants are few (two to six) and metrics are several, so variants go across and metrics
     down; each cell puts the value above its interval. That keeps a three-variant table within
     80 columns, where one column per metric cut every header to a few letters. The metric names
-    never wrap; anything else folds rather than being cut off with an ellipsis.
+    never wrap; anything else folds rather than being cut off with an ellipsis. With five or more
+    variants (the classic classifiers too) the headers break after their underscores
+    (`tfidf_` above `logreg`), so a narrow column splits a name between words.
     """
     names = metric_names(result)
     table = Table(
@@ -63,12 +148,17 @@ def summary_table(result: EvalResult) -> Table:
         show_lines=True,
     )
     table.add_column("metric", no_wrap=True)
+    crowded = len(result.models) > 4
     for variant in result.models:
-        table.add_column(variant, justify="right", overflow="fold")
+        header = variant.replace("_", "_\n") if crowded else variant
+        table.add_column(header, justify="right", overflow="fold")
     for metric in names:
         table.add_row(
             metric,
-            *(_stacked_cell(metric, scores.metrics[metric]) for scores in result.models.values()),
+            *(
+                _stacked_cell(metric, scores.metrics.get(metric))
+                for scores in result.models.values()
+            ),
             style="bold" if metric == result.headline else None,
         )
     if result.comparisons:
@@ -84,11 +174,16 @@ def summary_table(result: EvalResult) -> Table:
                     for name in result.models
                 ),
             )
-    table.add_row("eval time", *(f"{s.seconds:.0f} s" for s in result.models.values()))
+    table.add_row(
+        "eval time",
+        *(time_cell(s).replace(" (", "\n").rstrip(")") for s in result.models.values()),
+    )
     return table
 
 
-def _stacked_cell(metric: str, cell: dict[str, float]) -> str:
+def _stacked_cell(metric: str, cell: dict[str, float] | None) -> str:
+    if not cell:
+        return "-"
     value, _, interval = fmt_cell(metric, cell).partition(" ")
     return f"{value}\n{interval}"
 
@@ -124,11 +219,12 @@ def write_markdown(result: EvalResult, path: Path, *, training: dict | None = No
         "",
         f"**{verdict(result)}**",
         "",
-        "| model | " + " | ".join(names) + " | tuned minus it (95% CI), p |",
-        "|---|" + "---|" * (len(names) + 1),
+        "| model | " + " | ".join(names) + " | tuned minus it (95% CI), p | time |",
+        "|---|" + "---|" * (len(names) + 2),
     ]
     for name, scores in result.models.items():
-        cells = [fmt_cell(m, scores.metrics[m]) for m in names] + [comparison_cell(result, name)]
+        cells = [metric_cell(m, scores) for m in names]
+        cells += [comparison_cell(result, name), time_cell(scores)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", *(f"- **{n}**: {m.description}" for n, m in result.models.items())]
     if result.general:

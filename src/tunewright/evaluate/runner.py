@@ -1,18 +1,19 @@
 """Evaluate: base and tuned models on the same held-out examples, side by side.
 
 Front door: `evaluate(cfg, dataset, trained_dir)`. Scores every variant (base zero-shot with the
-labels listed, base k-shot, tuned, other runs' tuned models; see `prompts.py`) on the test split,
-compares each with the tuned model, runs the forgetting check, and writes `eval/results.json`
-(metrics with 95% bootstrap intervals and paired tests), `eval/examples.jsonl` (every example with
-each variant's answer, whether it was right, and the outcome against the stronger base) and
-`eval/general.jsonl` (the forgetting check's answers).
+labels listed, base k-shot, tuned, other runs' tuned models; see `prompts.py`; and, for
+classification, the classic classifiers of `baselines.py`) on the test split with the same
+metrics, compares each with the tuned model, runs the forgetting check, and writes
+`eval/results.json` (metrics with 95% bootstrap intervals and paired tests), `eval/examples.jsonl`
+(every example with each variant's answer, whether it was right, and the outcome against the
+stronger base) and `eval/general.jsonl` (the forgetting check's answers).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tunewright.config import RunConfig
+from tunewright.config import DEFAULT_EVAL_MODELS, RunConfig
 from tunewright.dataset.example import Example, Message
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.errors import ConfigError, RunFolderError
+from tunewright.evaluate.baselines import BASELINES, BaselineData, run_baseline, user_text
 from tunewright.evaluate.compare import (
     outcomes,
     paired_comparison,
@@ -59,7 +61,13 @@ class ModelScores:
     right: list[bool]  # per example: exact label, or ROUGE-L >= compare.RIGHT_AT_ROUGE_L
     answers: list[Generation]
     predictions: list[str | None] | None
-    seconds: float
+    seconds: float  # wall clock of scoring it (for a classic classifier: fit + predict)
+    cpu_seconds: float | None = None  # classic classifiers only: process CPU time, fit + predict
+
+    @property
+    def is_classifier(self) -> bool:
+        """A classic classifier (baselines.py), not a language model: it generates no text."""
+        return self.cpu_seconds is not None
 
 
 @dataclass
@@ -207,6 +215,29 @@ def plan_variants(
     return variants, sources
 
 
+def plan_baselines(
+    cfg: RunConfig, dataset: PreparedDataset, task: str, console: Console | None = None
+) -> list[str]:
+    """The classic classifiers to score, in `evaluate.models` order.
+
+    They need a label set. On a generation task the default list skips them with a printed
+    note; a list that names them anyway is a ConfigError, raised before any model is scored."""
+    wanted = [name for name in cfg.evaluate.models if name in BASELINES]
+    if not wanted or (task == "classification" and dataset.labels):
+        return wanted
+    if tuple(cfg.evaluate.models) != DEFAULT_EVAL_MODELS:
+        raise ConfigError(
+            f"evaluate.models asks for {', '.join(wanted)}, which classify into a label set, but "
+            f"this is a {task} task{'' if dataset.labels else ' without labels'}: "
+            "remove them from evaluate.models"
+        )
+    if console is not None:
+        console.print(
+            f"note: {', '.join(wanted)} skipped: they need a classification task with labels"
+        )
+    return []
+
+
 def evaluate(
     cfg: RunConfig,
     dataset: PreparedDataset,
@@ -221,9 +252,14 @@ def evaluate(
     refs = [e.reference for e in examples]
     dtype = torch_dtype(cfg.train.precision)  # evaluated in the precision it trained in
     variants, sources = plan_variants(cfg, dataset, task, trained_dir)
+    baselines = plan_baselines(cfg, dataset, task, console)
     keys = list(dict.fromkeys(v.model for v in variants))
     general_check = cfg.evaluate.general_check and {"base", "tuned"} <= set(keys)
+    if "embed_logreg" in baselines and "base" not in keys:
+        keys.append("base")  # its encoder is the base model
+    data = _baseline_data(cfg, dataset) if baselines else None
     models: dict[str, ModelScores] = {}
+    classifiers: dict[str, ModelScores] = {}
     general_answers: dict[str, list[str]] = {}
     for key in keys:  # each model is loaded once for all of its prompt variants
         model_name, trained = sources[key]
@@ -232,12 +268,21 @@ def evaluate(
             models[variant.name] = _score_variant(
                 cfg, task, variant, loaded, examples, refs, dataset.labels, console
             )
+        if key == "base" and "embed_logreg" in baselines:
+            with console.status("embed_logreg: embedding train and test texts with the base model"):
+                classifiers["embed_logreg"] = _score_baseline(
+                    "embed_logreg", replace(data, model=loaded), refs, dataset.labels
+                )
         if general_check and key in ("base", "tuned"):
             with console.status(f"general questions: {key}"):
                 general_answers[key] = answer_general(
                     loaded.model, loaded.tokenizer, batch_size=cfg.evaluate.batch_size
                 )
         del loaded
+    for name in baselines:  # listed after the language models, in evaluate.models order
+        if name not in classifiers:
+            classifiers[name] = _score_baseline(name, data, refs, dataset.labels)
+        models[name] = classifiers[name]
 
     headline = "accuracy" if task == "classification" else "rouge_l"
     result = EvalResult(
@@ -269,6 +314,38 @@ def evaluate(
         result.general = forgetting_summary(general_answers["base"], general_answers["tuned"])
     result.folder = _write(RunFolder(cfg.run_dir).eval_dir, result, examples)
     return result
+
+
+def _baseline_data(cfg: RunConfig, dataset: PreparedDataset) -> BaselineData:
+    return BaselineData(
+        train_texts=[user_text(e) for e in dataset.train],
+        train_labels=[e.reference for e in dataset.train],
+        test_texts=[user_text(e) for e in dataset.test],
+        seed=cfg.data.seed,
+        batch_size=cfg.evaluate.batch_size,
+        max_seq_len=cfg.data.max_seq_len,
+        max_train_examples=cfg.evaluate.embed_max_train_examples,
+    )
+
+
+def _score_baseline(name: str, data: BaselineData, refs, labels) -> ModelScores:
+    """A classic classifier, scored like a model: its predicted labels stand as answers that
+    stopped on their own, so the label matcher, metrics and intervals are the very same."""
+    fitted = run_baseline(name, data)
+    answers = [Generation(p, 0, True) for p in fitted.predictions]
+    per_example, preds, metrics = _score("classification", answers, refs, labels)
+    scores = per_example.tolist()
+    return ModelScores(
+        name,
+        fitted.description,
+        metrics,
+        scores,
+        right_flags("classification", scores),
+        answers,
+        preds,
+        fitted.seconds,
+        fitted.cpu_seconds,
+    )
 
 
 def _score_variant(
@@ -326,6 +403,7 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
         "n_examples": result.n_examples,
         "models": {
             n: {"description": m.description, "metrics": m.metrics, "seconds": m.seconds}
+            | ({"cpu_seconds": m.cpu_seconds} if m.is_classifier else {})
             for n, m in result.models.items()
         },
         "strongest_base": result.strongest_base,
