@@ -34,7 +34,8 @@ def _corpus() -> list[str]:
 
 
 def build_tiny_model(folder: Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
-    """A 2-layer Llama with a byte-level BPE tokenizer trained on the fixture texts, saved as safetensors."""
+    """A tiny Llama (2 layers unless told) with a byte-level BPE tokenizer trained on the fixture
+    texts, saved as safetensors."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -82,6 +83,12 @@ def build_tiny_model(folder: Path, *, hidden: int = 64, layers: int = 2, seed: i
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_4_layer_model_dir(tmp_path_factory) -> Path:
+    """For training the top layers only, with frozen layers below them."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-4-layer-model"), layers=4)
 
 
 @pytest.fixture(autouse=True)

@@ -208,6 +208,10 @@ class TrainConfig(_Strict):
         True,
         description="Run the prompt start all rows of a micro-batch share (system prompt, headers) once, not per row; same result, faster.",
     )
+    cache_frozen_layers: bool = Field(
+        True,
+        description="With lora_layers: keep each example's output of the frozen layers below them after its first pass, so later epochs run only the top layers; same result.",
+    )
     label_weighting: LabelWeighting = Field(
         "none",
         description="Labelled data: weight examples by 1/count (balanced) or 1/sqrt(count) of their label, for macro-F1.",

@@ -3,7 +3,6 @@ give the same weights as one process with the same global batch (gradient accumu
 sharded run killed mid-way and resumed from its checkpoint ends where an uninterrupted one does."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.train.test_loop import config
+from tests.train.test_resume import worker_env
 from tunewright.train.checkpoint import latest_checkpoint
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -36,7 +36,7 @@ def trained_weights(root: Path, method: str) -> dict[str, torch.Tensor]:
 def test_two_processes_match_one_with_the_same_global_batch(
     tmp_path, tiny_model_dir, method, sharding
 ):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = worker_env()
     single, double = tmp_path / "one", tmp_path / "two"
     config(single, tiny_model_dir)
     config(double, tiny_model_dir)
@@ -101,7 +101,7 @@ RESUMABLE = [
 def torchrun(recipe: Path, *overrides: str, kill_after_step: int | None = None) -> None:
     """Two FSDP processes under torchrun; with `kill_after_step`, SIGKILL the launcher and both
     workers once that step's checkpoint is complete."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = worker_env()
     command = [
         sys.executable,
         "-m",

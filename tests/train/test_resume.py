@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import tunewright
 from tests.train.test_loop import config
 
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -26,8 +27,15 @@ OVERRIDES = [
 ]
 
 
+def worker_env() -> dict[str, str]:
+    """A worker process's environment: one thread, and the tests and the tunewright that this
+    process imports (not whichever one is installed)."""
+    paths = [str(Path(__file__).parents[2]), str(Path(tunewright.__file__).parents[1])]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def run_worker(recipe: Path, *extra: str, kill_after_step: int | None = None) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = worker_env()
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), str(recipe), *OVERRIDES, *extra],
         env=env,

@@ -6,7 +6,8 @@ instead of finishing.
 `accelerate` handles device, precision and distribution (launch with `accelerate launch` or
 `torchrun` for DDP/FSDP); it never owns the control flow. LoRA vs full fine-tuning is a flag
 (which parameters train), not a second loop. Every mode (packing, shared prefix, label weighting,
-DDP or FSDP, dry run) is chosen once, in `setup`; the loop never asks which one it runs.
+frozen-layer cache, DDP or FSDP, dry run) is chosen once, in `setup`; the loop never asks which
+one it runs.
 """
 
 from __future__ import annotations

@@ -115,4 +115,7 @@ class MicroBatches:
         return sum(len(self.units[i].input_ids) for i in indices)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return self.collate_units([self.units[i] for i in indices])
+        """The units `indices` as one batch; `unit_ids` names them (train/frozen_cache.py keys
+        each unit's frozen-layer output by it)."""
+        batch = self.collate_units([self.units[i] for i in indices])
+        return {**batch, "unit_ids": torch.tensor(indices)}

@@ -100,6 +100,7 @@ class ChunkedLossForward(nn.Module):
         position_ids=None,
         loss_weights=None,
         prefix_ids=None,
+        unit_ids=None,  # which training units the rows are: only the frozen-layer cache reads it
     ):
         causal_lm = causal_lm_of(self.model)
         if (

@@ -1,7 +1,7 @@
 """Everything one training run needs, built once: `setup` loads the model and the data, makes
 the optimiser and the learning-rate schedule, chooses every mode (packing, shared prefix, label
-weighting, DDP or FSDP, dry run) and restores the newest checkpoint's state under `train.resume`.
-`train/loop.py` then runs what it built.
+weighting, frozen-layer cache, DDP or FSDP, dry run) and restores the newest checkpoint's state
+under `train.resume`. `train/loop.py` then runs what it built.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from tunewright.hardware import cpu_only, resolve_precision
 from tunewright.models import load_model
 from tunewright.train.batching import batch_schedule
 from tunewright.train.checkpoint import latest_checkpoint, load_checkpoint
+from tunewright.train.frozen_cache import choose_forward
 from tunewright.train.host_memory import release_freed_tensors_to_os
 from tunewright.train.metrics_log import MetricsLogger
 from tunewright.train.micro_batches import MicroBatches
-from tunewright.train.model_setup import ChunkedLossForward, apply_training_method, make_optimizer
+from tunewright.train.model_setup import apply_training_method, make_optimizer
 from tunewright.train.parallel import Parallelism, choose_parallelism
 from tunewright.train.replay import base_replay, encode_replay
 from tunewright.train.state import TrainState
@@ -130,16 +131,26 @@ def setup(
         label_weighting=tc.label_weighting,
     )
 
-    model = apply_training_method(loaded.model, tc, precision)
-    model.train()
-    forward = ChunkedLossForward(model)
-    parallelism.shard(forward, accelerator.device)
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed)
     per_step = tc.grad_accum_steps * world
     planned_steps = math.ceil(len(schedule) / per_step)
     if tc.max_steps is not None:
         planned_steps = min(planned_steps, tc.max_steps)
+
+    model = apply_training_method(loaded.model, tc, precision)
+    model.train()
+    # LoRA on the top layers only: later epochs start from the frozen layers' cached output
+    forward, cache_note = choose_forward(
+        model,
+        tc,
+        data,
+        _own_micro_batches(schedule[: planned_steps * per_step], per_step, accelerator),
+        pad_id=loaded.tokenizer.pad_token_id,
+        sharded=parallelism.sharded,
+        processes=world,
+    )
+    parallelism.shard(forward, accelerator.device)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(model, trainable, tc)
     scheduler, budget = _lr_scheduler(optimizer, tc, planned_steps)
     forward, optimizer = parallelism.prepare(accelerator, forward, optimizer)
@@ -178,6 +189,8 @@ def setup(
             f"{sum(p.numel() for p in trainable.values()):,} trainable parameters, "
             f"{len(dataset.train)} examples{f' + {len(replay)} general replay' if replay else ''}, {last_step} steps"
         )
+        if cache_note:
+            console.print(cache_note)
     run = Training(
         cfg=cfg,
         accelerator=accelerator,
@@ -202,6 +215,19 @@ def setup(
         logger=logger,
     )
     return run, state
+
+
+def _own_micro_batches(
+    schedule: list[list[int]], per_step: int, accelerator: Accelerator
+) -> list[list[int]]:
+    """The micro-batches this process runs, in order: of each step's, every world-th from its
+    rank's (as `fit` takes them from `Training.step_batches`)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    return [
+        batch
+        for start in range(0, len(schedule), per_step)
+        for batch in schedule[start : start + per_step][rank::world]
+    ]
 
 
 def _lr_scheduler(

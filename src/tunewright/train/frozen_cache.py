@@ -1,0 +1,223 @@
+"""Frozen-layer cache: with LoRA on the top `train.lora_layers` only, later epochs run only those.
+
+Below the adapted layers nothing trains, so the hidden states entering the first adapted layer
+depend on the example alone. They are computed once, the first time a unit (an example) is seen,
+and kept per unit, unpadded ([tokens, hidden], in the dtype the forward produced: nothing is
+rounded). Every later pass pads the micro-batch's units from the cache and runs only the top
+layers, the final norm and the chunked loss. Backward already stopped at the first adapted layer;
+what this saves is the forward through the layers below it.
+
+Same result: rows are right-padded and attention is causal, so a row's real positions never see
+its padding, and its cached states do not depend on the micro-batch that computed them, up to
+float rounding (tested). Exact resume: a unit's states always come from the first micro-batch
+this process runs it in (the schedule is fixed by the seed), so a resumed run, whose cache starts
+empty, refills a unit by recomputing that micro-batch and gets the bits the uninterrupted run
+kept, wherever padding or batch shape would change the rounding.
+
+Where it applies, chosen once in `choose_forward`: LoRA with `lora_layers` below the layer count,
+a Llama-family model (SmolLM2 is one), a run that visits some unit twice, no packing, no
+activation checkpointing (the memory-lean mode), no FSDP, and caches (all processes') within a
+quarter of this machine's memory. They are kept in memory only; above that bound, or for another
+architecture, the cache is off with a note. Elsewhere the forward is `ChunkedLossForward`, as
+without it. Under DDP every process keeps its own cache of the units it runs (one that another
+process ran first costs it a full forward once, in its own first micro-batch with it). A shared
+prefix (train/shared_prefix.py) is put back in front of each row: the top layers run whole rows,
+since their prefix keys and values depend on the adapters.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from transformers import LlamaForCausalLM
+from transformers.masking_utils import create_causal_mask
+
+from tunewright.config import TrainConfig
+from tunewright.dataset.tokenize import IGNORE_INDEX, TokenizedExample
+from tunewright.train.batching import collate
+from tunewright.train.loss import chunked_cross_entropy
+from tunewright.train.micro_batches import MicroBatches
+from tunewright.train.model_setup import ChunkedLossForward, causal_lm_of
+
+# of this machine's memory: the rest is the training's own (weights, activations, optimiser)
+MAX_SHARE_OF_MEMORY = 0.25
+
+
+def run_layers(
+    llama: nn.Module,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence[nn.Module],
+) -> torch.Tensor:
+    """`layers` of a `LlamaModel` on `hidden` [B, T, H], with the causal mask and the rotary
+    position embeddings `LlamaModel.forward` builds for whole rows (positions 0..T-1, no cache)."""
+    position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    mask = create_causal_mask(
+        config=llama.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        cache=None,
+        position_ids=position_ids,
+    )
+    position_embeddings = llama.rotary_emb(hidden, position_ids=position_ids)
+    for layer in layers:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+        )
+    return hidden
+
+
+class FrozenBottom:
+    """The hidden states entering the first adapted layer, per training unit, filled on first use."""
+
+    def __init__(
+        self,
+        units: Sequence[TokenizedExample],
+        first_batch: dict[int, list[int]],
+        pad_id: int,
+        frozen_layers: int,
+    ):
+        self.units = units
+        self.first_batch = first_batch  # unit -> the first of this process's micro-batches with it
+        self.pad_id = pad_id
+        self.frozen_layers = frozen_layers
+        self.hidden: dict[int, torch.Tensor] = {}
+
+    def rows(self, llama: nn.Module, unit_ids: list[int]) -> torch.Tensor:
+        """The units' states, right-padded with zeros into one batch [B, T, H]."""
+        for unit in unit_ids:
+            if unit not in self.hidden:
+                self.fill(llama, self.first_batch[unit])
+        return pad_sequence([self.hidden[u] for u in unit_ids], batch_first=True)
+
+    @torch.no_grad()
+    def fill(self, llama: nn.Module, unit_ids: list[int]) -> None:
+        """Run the frozen layers on the micro-batch `unit_ids` (right-padded) and keep the real
+        positions of the units it is the first micro-batch of."""
+        batch = collate([self.units[u] for u in unit_ids], self.pad_id)
+        device = llama.embed_tokens.weight.device
+        input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        bottom = llama.layers[: self.frozen_layers]
+        hidden = run_layers(llama, llama.embed_tokens(input_ids), mask, bottom)
+        for row, unit in enumerate(unit_ids):
+            # a unit first seen elsewhere keeps that micro-batch's bits (an equal one's are equal)
+            if self.first_batch.get(unit) == unit_ids:
+                # a copy of the row's own positions: the padded batch tensor is freed
+                self.hidden[unit] = hidden[row, : len(self.units[unit].input_ids)].clone()
+
+
+class FrozenCacheForward(ChunkedLossForward):
+    """`ChunkedLossForward` whose training micro-batches start at the first adapted layer, from
+    the frozen-layer cache. Batches without `unit_ids` (validation) run in full."""
+
+    def __init__(self, model: nn.Module, bottom: FrozenBottom):
+        super().__init__(model)
+        self.bottom = bottom
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        labels,
+        position_ids=None,
+        loss_weights=None,
+        prefix_ids=None,
+        unit_ids=None,
+    ):
+        if unit_ids is None:
+            return super().forward(
+                input_ids, attention_mask, labels, position_ids, loss_weights, prefix_ids
+            )
+        causal_lm = causal_lm_of(self.model)
+        llama = causal_lm.model
+        hidden = self.bottom.rows(llama, unit_ids.tolist())
+        if prefix_ids is not None:
+            attention_mask, labels, loss_weights = _prefix_put_back(
+                prefix_ids.shape[1], attention_mask, labels, loss_weights
+            )
+        top = llama.layers[self.bottom.frozen_layers : llama.config.num_hidden_layers]
+        hidden = llama.norm(run_layers(llama, hidden, attention_mask, top))
+        return chunked_cross_entropy(hidden, causal_lm.lm_head.weight, labels, loss_weights)
+
+
+def _prefix_put_back(
+    prefix_len: int,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    loss_weights: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Whole rows' mask, labels and weights from a shared-prefix batch: the prefix is attended
+    and never trained (it stops before the first trained position)."""
+    rows = attention_mask.shape[0]
+    attention_mask = torch.cat([attention_mask.new_ones(rows, prefix_len), attention_mask], 1)
+    labels = torch.cat([labels.new_full((rows, prefix_len), IGNORE_INDEX), labels], 1)
+    if loss_weights is not None:
+        loss_weights = torch.cat([loss_weights.new_zeros(rows, prefix_len), loss_weights], 1)
+    return attention_mask, labels, loss_weights
+
+
+def first_micro_batches(schedule: list[list[int]]) -> dict[int, list[int]]:
+    """Each unit the schedule visits -> the first micro-batch it is in."""
+    first: dict[int, list[int]] = {}
+    for batch in schedule:
+        for unit in batch:
+            first.setdefault(unit, batch)
+    return first
+
+
+def choose_forward(
+    model: nn.Module,
+    tc: TrainConfig,
+    data: MicroBatches,
+    schedule: list[list[int]],
+    *,
+    pad_id: int,
+    sharded: bool,
+    processes: int = 1,
+) -> tuple[ChunkedLossForward, str | None]:
+    """The training forward, through the frozen-layer cache where it applies, and a line for the
+    console saying which (None: the cache does not apply to this mode). `schedule`: this
+    process's planned micro-batches, in the order it runs them; `processes`: how many keep a
+    cache of about this size."""
+    causal_lm = causal_lm_of(model)
+    config = causal_lm.config
+    layers = config.num_hidden_layers
+    frozen = layers - tc.lora_layers if tc.lora_layers else 0
+    first_batch = first_micro_batches(schedule)
+    revisits = sum(len(batch) for batch in schedule) > len(first_batch)
+    if not (
+        tc.cache_frozen_layers
+        and tc.method == "lora"
+        and frozen > 0
+        and revisits
+        and not tc.packing
+        and not tc.activation_checkpointing
+        and not sharded
+    ):
+        return ChunkedLossForward(model), None
+    if not isinstance(causal_lm, LlamaForCausalLM):
+        return ChunkedLossForward(model), (
+            f"train.cache_frozen_layers: off for {type(causal_lm).__name__} (Llama-family models "
+            "only); every pass runs every layer"
+        )
+    per_token = config.hidden_size * causal_lm.model.embed_tokens.weight.element_size()
+    size = per_token * sum(len(data.units[u].input_ids) for u in first_batch)
+    bound = MAX_SHARE_OF_MEMORY * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size * processes > bound:
+        return ChunkedLossForward(model), (
+            f"train.cache_frozen_layers: off, {processes} x {size / 2**30:.1f} GiB would pass a "
+            f"quarter of this machine's memory ({bound / 2**30:.1f} GiB); every pass runs every "
+            "layer"
+        )
+    bottom = FrozenBottom(data.units, first_batch, pad_id, frozen)
+    return FrozenCacheForward(model, bottom), (
+        f"frozen-layer cache: layers 0-{frozen - 1} of {layers} run once per example "
+        f"({size / 2**20:.0f} MiB in memory)"
+    )
