@@ -42,6 +42,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LRScheduler
 
+from tunewright.files import TMP_PREFIX, fsync_path, write_json_atomic
 from tunewright.train.fsdp_state import load_full_state
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
 COMPLETE = "COMPLETE"
 BEST_FILE = "best.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
-_TMP_PREFIX = ".tmp-"
 
 
 class RngState(TypedDict):
@@ -143,27 +143,11 @@ def restore_rng_state(state: RngState) -> None:
 # --- durable writes -------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's contents (for a folder: its entries) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, value: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{uuid.uuid4().hex}")
-    _write_json(tmp, value)
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def _read_json(path: Path) -> Any:
@@ -181,7 +165,7 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         plain[name] = tensor.clone() if storage in seen else tensor.contiguous()
         seen.add(storage)
     save_file(plain, str(path))
-    _fsync(path)
+    fsync_path(path)
 
 
 # --- optimizer and scheduler as tensors + JSON ----------------------------------------------
@@ -266,7 +250,7 @@ def _complete_checkpoints(directory: Path) -> list[Path]:
 def _remove(path: Path) -> None:
     # Rename first, so that a crash mid-delete never leaves a half-deleted folder that still
     # looks complete; latest_checkpoint sweeps the renamed leftover.
-    doomed = path.with_name(f"{_TMP_PREFIX}delete-{path.name}-{uuid.uuid4().hex}")
+    doomed = path.with_name(f"{TMP_PREFIX}delete-{path.name}-{uuid.uuid4().hex}")
     os.rename(path, doomed)
     shutil.rmtree(doomed)
 
@@ -318,7 +302,7 @@ def save_checkpoint(
     # so there would be a moment with neither; a step is saved once instead.
     if (final / COMPLETE).exists():
         raise FileExistsError(f"checkpoint {final} already exists; save each step only once")
-    tmp = directory / f"{_TMP_PREFIX}step-{step}-{uuid.uuid4().hex}"
+    tmp = directory / f"{TMP_PREFIX}step-{step}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         _write_files(tmp, step, model_state, optimizer, scheduler, rng, data_state, metrics)
@@ -329,10 +313,10 @@ def save_checkpoint(
     if final.exists():  # the remains of a save that died between its rename and COMPLETE
         _remove(final)
     os.rename(tmp, final)
-    _fsync(directory)
+    fsync_path(directory)
     (final / COMPLETE).write_text(f"{step}\n", encoding="utf-8")
-    _fsync(final / COMPLETE)
-    _fsync(final)
+    fsync_path(final / COMPLETE)
+    fsync_path(final)
 
     _prune(directory, keep_last, best_metric_key)
     return final
@@ -376,7 +360,7 @@ def _write_files(
     _write_json(folder / "optimizer.json", optimizer_meta)
     _save_tensors(folder / "optimizer.safetensors", optimizer_tensors)
     _save_tensors(folder / "model.safetensors", model_state)
-    _fsync(folder)
+    fsync_path(folder)
 
 
 def _prune(directory: Path, keep_last: int, best_metric_key: str | None) -> None:
@@ -385,7 +369,7 @@ def _prune(directory: Path, keep_last: int, best_metric_key: str | None) -> None
     if best_metric_key is not None and (best := _best_checkpoint(checkpoints, best_metric_key)):
         keep.add(best[0])
         record = {"checkpoint": best[0].name, "metric": best_metric_key, "value": best[1]}
-        _write_json_atomic(directory / BEST_FILE, record)
+        write_json_atomic(directory / BEST_FILE, record, sort_keys=True)
     for path in checkpoints:
         if path not in keep:
             _remove(path)
@@ -400,7 +384,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
     if not directory.is_dir():
         return None
     for path in directory.iterdir():
-        if path.name.startswith(_TMP_PREFIX):
+        if path.name.startswith(TMP_PREFIX):
             try:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             except FileNotFoundError:  # every rank sweeps at startup; another got there first
