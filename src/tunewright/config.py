@@ -202,7 +202,7 @@ class TrainConfig(_Strict):
     )
     activation_checkpointing: bool = Field(
         False,
-        description="Memory-lean: recompute activations in backward, return freed memory to the OS (~1/4 the RSS, ~1/2 the speed).",
+        description="Memory-lean: recompute activations in backward, return freed memory to the OS (less memory, slower; measured: docs/results.md).",
     )
     shared_prefix: bool = Field(
         True,

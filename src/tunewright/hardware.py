@@ -16,8 +16,8 @@ Precision = Literal["bf16", "fp32"]
 def fast_bf16_available() -> bool:
     """True where bf16 matrix products are fast: CUDA with bf16, or a CPU with AMX/AVX512-bf16.
 
-    On other CPUs (plain AVX2) torch runs bf16 matmuls through a slow fallback, hundreds of
-    times slower than fp32, so 'auto' must not pick bf16 there. torch exposes the CPU feature
+    On other CPUs (plain AVX2) torch runs bf16 matmuls through a slow fallback, several times
+    slower than fp32 (measured: docs/results.md, "Machines"), so 'auto' must not pick bf16 there. torch exposes the CPU feature
     checks only as private functions; they have been stable since torch 2.1.
     """
     if torch.cuda.is_available():
