@@ -222,6 +222,12 @@ class TrainConfig(_Strict):
         le=240,
         description="Mix the base model's own answers to this many general prompts into training, against forgetting (0 = off).",
     )
+    general_replay_share: float | None = Field(
+        None,
+        gt=0,
+        le=0.5,
+        description="Share of training rows that are general replay; the chats are repeated to reach it (default: each chat once).",
+    )
     eval_every_steps: int | None = Field(
         None, ge=1, description="Validation loss every N steps (default: at the end only)."
     )
@@ -311,6 +317,11 @@ class EvalConfig(_Strict):
         "free", description="Classification: 'constrained' lets models generate only label names."
     )
     batch_size: int = Field(32, ge=1, description="Prompts per generation batch.")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Time budget: stop scoring more test rows when it is spent; every model scores the same rows (a seeded sample).",
+    )
     models: list[EvalModel] = Field(
         default_factory=lambda: list(DEFAULT_EVAL_MODELS),
         description="Variants scored: base with the labels listed, base with base_shots "

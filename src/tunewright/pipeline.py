@@ -106,7 +106,10 @@ def done_line(
     if tuned is not None:
         value = tuned.metrics[result.headline]["value"]
         shown = f"{value:.1%}" if result.headline == "accuracy" else f"{value:.3f}"
-        score = f"tuned {result.headline} {shown} on {result.n_examples} test rows; "
+        rows = result.n_examples
+        if result.test_rows not in (None, rows):
+            rows = f"{rows} of {result.test_rows}"
+        score = f"tuned {result.headline} {shown} on {rows} test rows; "
     budget = " (time budget)" if trained.out_of_time else ""
     return (
         f"done in {int(seconds // 60)} min {int(seconds % 60):02d} s: {score}prepare "

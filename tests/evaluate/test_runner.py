@@ -251,3 +251,41 @@ def test_classifiers_on_a_generation_task(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"evaluate\.models asks for tfidf_logreg.*generation"):
         evaluate(asked, dataset, None)
     assert not (asked.run_dir / "eval").exists()
+
+
+def test_a_time_budget_scores_the_same_sampled_rows_for_every_model(
+    evaluated, tiny_model_dir, tmp_path
+):
+    cfg, full, test = evaluated
+    # a budget spent at once: one batch of rows (batch_size 8 of the test split), still paired
+    budgeted = _config(
+        tiny_model_dir,
+        tmp_path,
+        "budget",
+        max_minutes=1e-6,
+        models=["base_0shot", "tuned", "tfidf_logreg"],
+        general_check=False,
+    )
+    _adapter(tiny_model_dir, budgeted.run_dir / "adapter", seed=0)
+    train = _examples("intents_train.csv")
+    dataset = PreparedDataset(
+        folder=tmp_path, train=train, val=[], test=test, labels=sorted({e.label for e in train})
+    )
+    result = evaluate(budgeted, dataset, budgeted.run_dir / "adapter")
+    assert result.n_examples == 8 < len(test) == result.test_rows
+    rows = json.loads((budgeted.run_dir / "eval" / "results.json").read_text())
+    assert rows["n_examples"] == 8 and rows["test_rows"] == len(test)
+    lines = (budgeted.run_dir / "eval" / "examples.jsonl").read_text().splitlines()
+    sources = [json.loads(line)["source"] for line in lines]
+    # a seeded sample in test order, not the first rows
+    assert sources == sorted(sources, key=[e.source for e in test].index)
+    assert sources != [e.source for e in test[:8]]
+    by_source = {e.source: i for i, e in enumerate(test)}
+    for name in ("base_0shot", "tuned", "tfidf_logreg"):
+        scores = result.models[name]
+        assert len(scores.answers) == len(scores.per_example) == 8
+        # the same answers the unbudgeted evaluation gave these rows (greedy, same adapter)
+        assert [a.text for a in scores.answers] == [
+            full.models[name].answers[by_source[s]].text for s in sources
+        ]
+    assert "8 of" in result.rows_phrase and "evaluate.max_minutes" in result.rows_phrase

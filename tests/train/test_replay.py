@@ -4,12 +4,13 @@ import json
 import tomllib
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from tests.train.test_loop import config
 from tunewright.data.prepare import prepare
 from tunewright.dataset.example import Message
-from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
+from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.evaluate.general import general_set
 from tunewright.inference.generate import Generation, generate
 from tunewright.inference.tokens import stop_token_ids
@@ -23,6 +24,7 @@ from tunewright.train.replay import (
     base_replay,
     encode_replay,
     pick_prompts,
+    repeated_to_share,
     replay_chats,
     replay_prompts,
 )
@@ -143,3 +145,47 @@ def test_training_trains_on_the_replayed_chats_as_well(tmp_path, tiny_model_dir)
     )
     assert len(replayed) == 3
     assert with_replay - without == sum(len(drop_untrained_tail(e).input_ids) for e in replayed)
+
+
+def test_answers_are_cached_per_model_and_only_new_prompts_are_generated(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from tunewright.train import replay as replay_module
+
+    loaded = load_model(str(tiny_model_dir))
+    asked: list[list[str]] = []
+    real = replay_module._generate_answers
+
+    def counting(model, tokenizer, prompts):
+        asked.append(list(prompts))
+        return real(model, tokenizer, prompts)
+
+    monkeypatch.setattr(replay_module, "_generate_answers", counting)
+    first = base_replay(
+        loaded.model, loaded.tokenizer, count=4, seed=0, model_name="tiny", cache_dir=tmp_path / "a"
+    )
+    # another run folder, more prompts: the first four come from the model's cache
+    second = base_replay(
+        loaded.model, loaded.tokenizer, count=6, seed=0, model_name="tiny", cache_dir=tmp_path / "b"
+    )
+    assert asked == [pick_prompts(4, seed=0), pick_prompts(6, seed=0)[4:]]
+    assert second[: len(first)] == first
+    # the same answers as generating all six at once, and recorded in the run folder
+    fresh = real(loaded.model, loaded.tokenizer, pick_prompts(6, seed=0))
+    assert second == replay_chats(pick_prompts(6, seed=0), list(fresh.values()))
+    assert len((tmp_path / "b" / CACHE_FILE).read_text().splitlines()) == 1 + len(second)
+    # other weights (another dtype here) never reuse these answers
+    loaded.model.to(torch.bfloat16)
+    base_replay(
+        loaded.model, loaded.tokenizer, count=1, seed=0, model_name="tiny", cache_dir=tmp_path / "c"
+    )
+    assert asked[-1] == pick_prompts(1, seed=0)
+
+
+def test_replay_is_repeated_or_cut_to_its_share_of_the_training_rows():
+    rows = [TokenizedExample([i], [i]) for i in range(3)]
+    assert repeated_to_share(rows, 100, None) == rows
+    mixed = repeated_to_share(rows, 90, 0.25)  # 30 replay rows of 120
+    assert len(mixed) == 30 and mixed[:4] == [rows[0], rows[1], rows[2], rows[0]]
+    assert repeated_to_share(rows, 4, 0.2) == rows[:1]
+    assert repeated_to_share([], 100, 0.5) == []

@@ -74,7 +74,7 @@ def _metrics_section(result: EvalResult) -> str:
         ["model", "prompt", *names, "tuned minus it (95% CI), p", "time"], rows, numeric_from=2
     )
     return (
-        f"<h2>Metrics</h2><p class=muted>{result.n_examples} held-out examples; 95% bootstrap intervals; "
+        f"<h2>Metrics</h2><p class=muted>{escape(result.rows_phrase)}; 95% bootstrap intervals; "
         f"p from {'McNemar' if result.task == 'classification' else 'a paired bootstrap'}.</p>{table}"
     )
 

@@ -102,13 +102,13 @@ def _base_verdict(result: EvalResult) -> str:
     if c["p_value"] >= 0.05 or c["delta"] == 0:
         return (
             f"No significant difference between the tuned model and {stronger} on {result.headline} over "
-            f"{result.n_examples} held-out examples ({name} {base:.3f}, tuned {tuned:.3f}, p = {c['p_value']:.2g})."
+            f"{result.rows_phrase} ({name} {base:.3f}, tuned {tuned:.3f}, p = {c['p_value']:.2g})."
         )
     direction = "better" if c["delta"] > 0 else "worse"
     return (
         f"The tuned model is {direction} than {stronger} on {result.headline}: {tuned:.3f} vs {base:.3f} "
         f"({c['delta']:+.3f}, 95% CI [{c['low']:+.3f}, {c['high']:+.3f}], p = {c['p_value']:.2g}) "
-        f"over {result.n_examples} held-out examples."
+        f"over {result.rows_phrase}."
     )
 
 
@@ -144,7 +144,7 @@ def summary_table(result: EvalResult) -> Table:
     """
     names = metric_names(result)
     table = Table(
-        title=f"{result.task}: {result.n_examples} held-out examples (95% bootstrap CI)",
+        title=f"{result.task}: {result.rows_phrase} (95% bootstrap CI)",
         show_lines=True,
     )
     table.add_column("metric", no_wrap=True)

@@ -7,11 +7,19 @@ metrics, compares each with the tuned model, runs the forgetting check, and writ
 `eval/results.json` (metrics with 95% bootstrap intervals and paired tests), `eval/examples.jsonl`
 (every example with each variant's answer, whether it was right, and the outcome against the
 stronger base) and `eval/general.jsonl` (the forgetting check's answers).
+
+With `evaluate.max_minutes`, evaluation fits a time budget whatever the machine's speed: the
+classic classifiers and the forgetting check run first, then the language models take the test
+rows in a seeded random order, one batch of rows at a time, every model answering a batch before
+the next batch starts, until the next one would overrun the budget. Every model has then answered
+the same rows, a random sample of the test split, so the paired tests hold; the report says how
+many rows were scored. This mode keeps every model loaded at once (one copy each).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -84,6 +92,17 @@ class EvalResult:
     outcomes: list[str] | None = None  # per example, tuned vs the strongest base
     general: dict | None = None  # the forgetting check (general.forgetting_summary)
     folder: Path | None = None
+    test_rows: int | None = None  # rows in the test split; more than n_examples under max_minutes
+
+    @property
+    def rows_phrase(self) -> str:
+        """'300 held-out examples', or '192 of 300 ...' when a time budget cut the scoring short."""
+        if self.test_rows is None or self.test_rows == self.n_examples:
+            return f"{self.n_examples} held-out examples"
+        return (
+            f"{self.n_examples} of {self.test_rows} held-out examples "
+            "(a seeded sample: evaluate.max_minutes)"
+        )
 
     @property
     def comparison(self) -> dict:
@@ -247,9 +266,9 @@ def evaluate(
 ) -> EvalResult:
     """Score every variant in `cfg.evaluate` on the test split, compare each with the tuned model."""
     console = console or Console(stderr=True)
+    started = time.perf_counter()
     task = _task(cfg, dataset)
     examples = dataset.test
-    refs = [e.reference for e in examples]
     dtype = torch_dtype(cfg.train.precision)  # evaluated in the precision it trained in
     variants, sources = plan_variants(cfg, dataset, task, trained_dir)
     baselines = plan_baselines(cfg, dataset, task, console)
@@ -258,41 +277,61 @@ def evaluate(
     if "embed_logreg" in baselines and "base" not in keys:
         keys.append("base")  # its encoder is the base model
     data = _baseline_data(cfg, dataset) if baselines else None
-    models: dict[str, ModelScores] = {}
+    budgeted = cfg.evaluate.max_minutes is not None
+    generated: dict[str, tuple[list[Generation], float]] = {}
     classifiers: dict[str, ModelScores] = {}
     general_answers: dict[str, list[str]] = {}
+    loaded_models = {}
     for key in keys:  # each model is loaded once for all of its prompt variants
         model_name, trained = sources[key]
         loaded = _load_variant(cfg, model_name, trained, dtype)
-        for variant in (v for v in variants if v.model == key):
-            models[variant.name] = _score_variant(
-                cfg, task, variant, loaded, examples, refs, dataset.labels, console
-            )
+        if not budgeted:
+            for variant in (v for v in variants if v.model == key):
+                generated[variant.name] = _generate_variant(
+                    cfg, task, variant, loaded, examples, dataset.labels, console
+                )
         if key == "base" and "embed_logreg" in baselines:
             with console.status("embed_logreg: embedding train and test texts with the base model"):
                 classifiers["embed_logreg"] = _score_baseline(
-                    "embed_logreg", replace(data, model=loaded), refs, dataset.labels
+                    "embed_logreg", replace(data, model=loaded), dataset.labels
                 )
         if general_check and key in ("base", "tuned"):
             with console.status(f"general questions: {key}"):
                 general_answers[key] = answer_general(
                     loaded.model, loaded.tokenizer, batch_size=cfg.evaluate.batch_size
                 )
+        if budgeted:
+            loaded_models[key] = loaded
         del loaded
     for name in baselines:  # listed after the language models, in evaluate.models order
         if name not in classifiers:
-            classifiers[name] = _score_baseline(name, data, refs, dataset.labels)
-        models[name] = classifiers[name]
+            classifiers[name] = _score_baseline(name, data, dataset.labels)
+    rows = list(range(len(examples)))
+    if budgeted:
+        deadline = started + cfg.evaluate.max_minutes * 60
+        rows, generated = _generate_within(
+            cfg, task, variants, loaded_models, examples, dataset.labels, deadline, console
+        )
+        loaded_models.clear()
+    scored = [examples[i] for i in rows]
+    refs = [e.reference for e in scored]
+    models: dict[str, ModelScores] = {}
+    for variant in variants:
+        answers, seconds = generated[variant.name]
+        models[variant.name] = _scores(cfg, task, variant, scored, answers, seconds, dataset.labels)
+    for name in baselines:
+        models[name] = _rows_of(classifiers[name], rows, refs, dataset.labels)
 
     headline = "accuracy" if task == "classification" else "rouge_l"
     result = EvalResult(
         task,
         headline,
-        len(examples),
+        len(scored),
         models,
         labels=dataset.labels,
         references=refs,
-        prompts=[e.prompt_messages[-1].content if e.prompt_messages else "" for e in examples],
+        prompts=[e.prompt_messages[-1].content if e.prompt_messages else "" for e in scored],
+        test_rows=len(examples),
     )
     if "tuned" in models:
         tuned = models["tuned"]
@@ -312,8 +351,48 @@ def evaluate(
             result.outcomes = outcomes(tuned.right, models[result.strongest_base].right)
     if general_answers:
         result.general = forgetting_summary(general_answers["base"], general_answers["tuned"])
-    result.folder = _write(RunFolder(cfg.run_dir).eval_dir, result, examples)
+    result.folder = _write(RunFolder(cfg.run_dir).eval_dir, result, scored)
     return result
+
+
+def _generate_within(
+    cfg, task, variants: list[Variant], loaded_models, examples, labels, deadline, console
+) -> tuple[list[int], dict[str, tuple[list[Generation], float]]]:
+    """Answers of every variant to test rows taken a batch at a time in a seeded random order,
+    until the next batch would end after `deadline` (one batch at least). Returns the rows
+    answered, in test order, and each variant's answers to them with its seconds."""
+    order = list(range(len(examples)))
+    random.Random(cfg.data.seed).shuffle(order)
+    step = cfg.evaluate.batch_size
+    answers: dict[str, dict[int, Generation]] = {v.name: {} for v in variants}
+    seconds = dict.fromkeys(answers, 0.0)
+    done, loop_started = 0, time.perf_counter()
+    with _progress(console) as progress:
+        task_id = progress.add_task(
+            f"evaluate {len(variants)} model(s)", total=len(examples), rate=0.0
+        )
+        while done < len(order):
+            batch_started = time.perf_counter()
+            rows = order[done : done + step]
+            for variant in variants:
+                got, took = _generate_variant(
+                    cfg,
+                    task,
+                    variant,
+                    loaded_models[variant.model],
+                    [examples[i] for i in rows],
+                    labels,
+                    None,
+                )
+                answers[variant.name].update(zip(rows, got))
+                seconds[variant.name] += took
+            done += len(rows)
+            now = time.perf_counter()
+            progress.update(task_id, completed=done, rate=done / (now - loop_started))
+            if now + (now - batch_started) > deadline:
+                break
+    scored = sorted(order[:done])
+    return scored, {name: ([answers[name][i] for i in scored], seconds[name]) for name in answers}
 
 
 def _baseline_data(cfg: RunConfig, dataset: PreparedDataset) -> BaselineData:
@@ -328,35 +407,51 @@ def _baseline_data(cfg: RunConfig, dataset: PreparedDataset) -> BaselineData:
     )
 
 
-def _score_baseline(name: str, data: BaselineData, refs, labels) -> ModelScores:
-    """A classic classifier, scored like a model: its predicted labels stand as answers that
-    stopped on their own, so the label matcher, metrics and intervals are the very same."""
+def _score_baseline(name: str, data: BaselineData, labels) -> ModelScores:
+    """A classic classifier fitted and run on every test row; its predicted labels stand as
+    answers that stopped on their own, so `_rows_of` scores them with the very same label
+    matcher, metrics and intervals as the language models."""
     fitted = run_baseline(name, data)
     answers = [Generation(p, 0, True) for p in fitted.predictions]
-    per_example, preds, metrics = _score("classification", answers, refs, labels)
-    scores = per_example.tolist()
     return ModelScores(
-        name,
-        fitted.description,
-        metrics,
-        scores,
-        right_flags("classification", scores),
-        answers,
-        preds,
-        fitted.seconds,
-        fitted.cpu_seconds,
+        name, fitted.description, {}, [], [], answers, None, fitted.seconds, fitted.cpu_seconds
     )
 
 
-def _score_variant(
-    cfg, task, variant: Variant, loaded, examples, refs, labels, console
-) -> ModelScores:
+def _rows_of(classifier: ModelScores, rows: list[int], refs, labels) -> ModelScores:
+    """A classic classifier's scores on the test rows the language models answered."""
+    answers = [classifier.answers[i] for i in rows]
+    per_example, preds, metrics = _score("classification", answers, refs, labels)
+    scores = per_example.tolist()
+    return replace(
+        classifier,
+        metrics=metrics,
+        per_example=scores,
+        right=right_flags("classification", scores),
+        answers=answers,
+        predictions=preds,
+    )
+
+
+def _generate_variant(
+    cfg, task, variant: Variant, loaded, examples, labels, console: Console | None
+) -> tuple[list[Generation], float]:
+    """One variant's answers to `examples` and the seconds they took (a progress bar on
+    `console`)."""
     chat = ChatTokenizer(loaded.tokenizer, None, cfg.data.max_seq_len)
     prompts = [chat.encode_prompt(variant_messages(variant, e.prompt_messages)) for e in examples]
     allowed = None
     if task == "classification" and cfg.evaluate.label_decoding == "constrained":
         allowed = [label_token_ids(chat, label) for label in labels]
+    options = {
+        "max_new_tokens": cfg.evaluate.max_new_tokens,
+        "batch_size": cfg.evaluate.batch_size,
+        "allowed_sequences": allowed,
+    }
     started = time.perf_counter()
+    if console is None:
+        answers = generate(loaded.model, loaded.tokenizer, prompts, **options)
+        return answers, time.perf_counter() - started
     with _progress(console) as progress:
         task_id = progress.add_task(f"evaluate {variant.name}", total=len(prompts), rate=0.0)
 
@@ -365,15 +460,15 @@ def _score_variant(
             progress.update(t, completed=done, rate=done / (time.perf_counter() - started))
 
         answers = generate(
-            loaded.model,
-            loaded.tokenizer,
-            prompts,
-            max_new_tokens=cfg.evaluate.max_new_tokens,
-            batch_size=cfg.evaluate.batch_size,
-            allowed_sequences=allowed,
-            on_batch_done=advance,
+            loaded.model, loaded.tokenizer, prompts, on_batch_done=advance, **options
         )
-    seconds = time.perf_counter() - started
+    return answers, time.perf_counter() - started
+
+
+def _scores(
+    cfg, task, variant: Variant, examples, answers: list[Generation], seconds: float, labels
+) -> ModelScores:
+    refs = [e.reference for e in examples]
     per_example, preds, metrics = _score(task, answers, refs, labels)
     if (
         cfg.evaluate.judge.enabled
@@ -401,6 +496,7 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
         "task": result.task,
         "headline": result.headline,
         "n_examples": result.n_examples,
+        "test_rows": result.test_rows,
         "models": {
             n: {"description": m.description, "metrics": m.metrics, "seconds": m.seconds}
             | ({"cpu_seconds": m.cpu_seconds} if m.is_classifier else {})

@@ -15,14 +15,23 @@ An answer that had not ended within `MAX_ANSWER_TOKENS`, or that does not fit th
 own, and dropping such answers lost most of them (long explanations are what general chats ask
 for), while training an end-of-turn token after a cut would teach stopping mid-sentence.
 
-The answers are cached in the run folder (a dry run and the real run share them).
+Answers are cached twice. Per model, in tunewright's cache (`$TUNEWRIGHT_CACHE/replay/`): a
+greedy answer depends only on the model's weights, the dtype it ran in and the prompt, so every
+later run of the same model generates only prompts it has not answered before (the first run of a
+recipe pays for generation, the next ones do not). And per run, in the run folder's
+`data/replay.jsonl`: the record of what this run trained on (a dry run and the real run share it).
+
+How much of training is replay is `general_replay_share`: the chats are repeated (or a seeded
+subset taken) to make that share of the training rows, so a run cut short by its time budget
+still sees them in proportion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -34,6 +43,7 @@ from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedEx
 from tunewright.files import write_text_atomic
 from tunewright.inference.generate import Generation, generate
 from tunewright.inference.tokens import stop_token_ids
+from tunewright.models import cache_dir as tunewright_cache
 
 # longer answers are cut there, their end-of-turn token untrained (see the module docstring)
 MAX_ANSWER_TOKENS = 64
@@ -62,17 +72,59 @@ def pick_prompts(count: int, seed: int) -> list[str]:
     return prompts[:count]
 
 
-def replay_chats(prompts: list[str], generations: list[Generation]) -> list[ReplayChat]:
+def replay_chats(
+    prompts: list[str], generations: list[Generation] | list[ReplayChat]
+) -> list[ReplayChat]:
     """Prompt/answer pairs with a non-empty answer; `finished` says whether it ended on its own."""
-    return [
-        ReplayChat(p, g.text, g.stopped)
+    chats = [
+        g if isinstance(g, ReplayChat) else ReplayChat(p, g.text, g.stopped)
         for p, g in zip(prompts, generations, strict=True)
-        if g.text
     ]
+    return [c for c in chats if c.answer]
+
+
+def _model_cache_path(model: PreTrainedModel, model_name: str) -> Path:
+    """The per-model answer cache: keyed by the weights files (path, size, mtime), the dtype and
+    the answer limit, so changed weights or settings never reuse stale answers."""
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or model_name))
+    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    identity = {
+        "model": model_name,
+        "weights": [[str(w.resolve()), w.stat().st_size, w.stat().st_mtime_ns] for w in weights],
+        "dtype": str(model.dtype),
+        "max_answer_tokens": MAX_ANSWER_TOKENS,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return tunewright_cache() / "replay" / f"{digest}.jsonl"
+
+
+def _read_answers(path: Path) -> dict[str, ReplayChat]:
+    if not path.exists():
+        return {}
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
+    return {row["prompt"]: ReplayChat(**row) for row in rows}
+
+
+def _write_answers(path: Path, answers: dict[str, ReplayChat]) -> None:
+    lines = [json.dumps(asdict(chat)) for chat in answers.values()]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _generate_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str]
+) -> dict[str, ReplayChat]:
+    """Greedy answers of the base model; an empty answer is kept too (known, never retried)."""
+    chat = ChatTokenizer(tokenizer, None, 10_000)  # no system prompt: plain chats
+    encoded = [chat.encode_prompt((Message("user", p),)) for p in prompts]
+    generations = generate(
+        model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH
+    )
+    model.train()
+    return {p: ReplayChat(p, g.text, g.stopped) for p, g in zip(prompts, generations, strict=True)}
 
 
 def base_replay(
-    model: PreTrainedModel,
+    model: PreTrainedModel | None,
     tokenizer: PreTrainedTokenizerBase,
     *,
     count: int,
@@ -80,38 +132,44 @@ def base_replay(
     model_name: str,
     cache_dir: Path | None,
 ) -> list[ReplayChat]:
-    """The base model's greedy answers to `count` general prompts; read from `cache_dir` when it
-    holds answers of the same model to the same prompts."""
+    """The base model's greedy answers to `count` general prompts, empty ones left out. Read from
+    the run folder (`cache_dir`) when it holds answers of the same model to the same prompts,
+    else from the per-model cache, generating only the prompts it lacks."""
     prompts = pick_prompts(count, seed)
-    cache_path = cache_dir / CACHE_FILE if cache_dir is not None else None
+    run_cache = cache_dir / CACHE_FILE if cache_dir is not None else None
     key = {
         "model": model_name,
         "prompts": prompts,
         "max_answer_tokens": MAX_ANSWER_TOKENS,
         "unfinished_kept": True,
     }
-    if cache_path is not None and cache_path.exists():
-        lines = cache_path.read_text(encoding="utf-8").splitlines()
+    if run_cache is not None and run_cache.exists():
+        lines = run_cache.read_text(encoding="utf-8").splitlines()
         if lines and json.loads(lines[0]) == key:
             return [ReplayChat(**json.loads(line)) for line in lines[1:]]
-    chat = ChatTokenizer(
-        tokenizer, None, 10_000
-    )  # no system prompt: plain chats, as the forgetting check asks
-    encoded = [chat.encode_prompt((Message("user", p),)) for p in prompts]
-    generations = generate(
-        model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH
-    )
-    model.train()
-    chats = replay_chats(prompts, generations)
-    if (
-        cache_path is not None
-    ):  # under DDP every rank writes the same answers: a unique temporary file each
-        lines = [json.dumps(key)] + [
-            json.dumps({"prompt": c.prompt, "answer": c.answer, "finished": c.finished})
-            for c in chats
-        ]
-        write_text_atomic(cache_path, "\n".join(lines) + "\n")
+    model_cache = _model_cache_path(model, model_name)
+    answers = _read_answers(model_cache)
+    missing = [p for p in prompts if p not in answers]
+    if missing:
+        answers.update(_generate_answers(model, tokenizer, missing))
+        # under DDP every rank writes the same answers: atomic writes with unique temporary files
+        _write_answers(model_cache, answers)
+    chats = replay_chats(prompts, [answers[p] for p in prompts])
+    if run_cache is not None:
+        lines = [json.dumps(key)] + [json.dumps(asdict(c)) for c in chats]
+        write_text_atomic(run_cache, "\n".join(lines) + "\n")
     return chats
+
+
+def repeated_to_share(
+    replay: list[TokenizedExample], domain_rows: int, share: float | None
+) -> list[TokenizedExample]:
+    """The replay rows of a run: each once when `share` is None; else repeated in turn (or the
+    first ones taken) until they are `share` of all training rows."""
+    if share is None or not replay:
+        return replay
+    rows = round(domain_rows * share / (1 - share))
+    return [replay[i % len(replay)] for i in range(rows)]
 
 
 def encode_replay(

@@ -32,7 +32,7 @@ from tunewright.train.metrics_log import MetricsLogger
 from tunewright.train.micro_batches import MicroBatches
 from tunewright.train.model_setup import apply_training_method, make_optimizer
 from tunewright.train.parallel import Parallelism, choose_parallelism
-from tunewright.train.replay import base_replay, encode_replay
+from tunewright.train.replay import base_replay, encode_replay, repeated_to_share
 from tunewright.train.state import TrainState
 from tunewright.train.time_budget import BudgetProgress, budget_scheduler
 
@@ -107,7 +107,7 @@ def setup(
         release_freed_tensors_to_os()
     loaded = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     chat = ChatTokenizer(loaded.tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
-    replay = []
+    replay, replay_note = [], ""
     if tc.general_replay:  # the base's own answers to general chats, before any adapter exists
         chats = base_replay(
             loaded.model,
@@ -117,7 +117,12 @@ def setup(
             model_name=cfg.model.name,
             cache_dir=cfg.run_dir / "data",
         )
-        replay = encode_replay(chats, loaded.tokenizer, cfg.data.max_seq_len)
+        replay = repeated_to_share(
+            encode_replay(chats, loaded.tokenizer, cfg.data.max_seq_len),
+            len(dataset.train),
+            tc.general_replay_share,
+        )
+        replay_note = f" + {len(replay)} general replay rows ({len(chats)} chats)"
     data = MicroBatches.build(
         chat,
         dataset.train,
@@ -187,7 +192,7 @@ def setup(
         console.print(
             f"training {cfg.model.name} ({tc.method}, {precision}, {world} process(es)): "
             f"{sum(p.numel() for p in trainable.values()):,} trainable parameters, "
-            f"{len(dataset.train)} examples{f' + {len(replay)} general replay' if replay else ''}, {last_step} steps"
+            f"{len(dataset.train)} examples{replay_note}, {last_step} steps"
         )
         if cache_note:
             console.print(cache_note)
