@@ -289,3 +289,16 @@ def test_a_time_budget_scores_the_same_sampled_rows_for_every_model(
             full.models[name].answers[by_source[s]].text for s in sources
         ]
     assert "8 of" in result.rows_phrase and "evaluate.max_minutes" in result.rows_phrase
+
+
+def test_the_forgetting_check_runs_with_tuned_alone(tiny_model_dir, tmp_path):
+    test = _examples("intents_test.csv")[:2]
+    train = _examples("intents_train.csv")
+    dataset = PreparedDataset(
+        folder=tmp_path, train=train, val=[], test=test, labels=sorted({e.label for e in train})
+    )
+    cfg = _config(tiny_model_dir, tmp_path, "alone", models=["tuned"])
+    result = evaluate(cfg, dataset, _adapter(tiny_model_dir, cfg.run_dir / "adapter", seed=0))
+    # the base model is loaded for the general questions only: it scores no test rows
+    assert list(result.models) == ["tuned"]
+    assert result.general is not None and result.general["n"] == len(general_set())

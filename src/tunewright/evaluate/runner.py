@@ -273,9 +273,9 @@ def evaluate(
     variants, sources = plan_variants(cfg, dataset, task, trained_dir)
     baselines = plan_baselines(cfg, dataset, task, console)
     keys = list(dict.fromkeys(v.model for v in variants))
-    general_check = cfg.evaluate.general_check and {"base", "tuned"} <= set(keys)
-    if "embed_logreg" in baselines and "base" not in keys:
-        keys.append("base")  # its encoder is the base model
+    general_check = cfg.evaluate.general_check and "tuned" in keys
+    if (general_check or "embed_logreg" in baselines) and "base" not in keys:
+        keys.append("base")  # the forgetting check's reference, and embed_logreg's encoder
     data = _baseline_data(cfg, dataset) if baselines else None
     budgeted = cfg.evaluate.max_minutes is not None
     generated: dict[str, tuple[list[Generation], float]] = {}
