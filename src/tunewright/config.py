@@ -222,6 +222,12 @@ class TrainConfig(_Strict):
         le=240,
         description="Mix the base model's own answers to this many general prompts into training, against forgetting (0 = off).",
     )
+    general_replay_kl: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Replay: the share of each replayed token's target that is the base model's own next-token distribution (a KL term to the base); 0 = its greedy answer only.",
+    )
     general_replay_share: float | None = Field(
         None,
         gt=0,
@@ -383,6 +389,8 @@ class RunConfig(_Strict):
             raise ValueError(
                 "train.early_stopping_patience needs train.eval_every_steps (how often to validate)"
             )
+        if self.train.general_replay_kl and self.train.packing:
+            raise ValueError("train.general_replay_kl needs plain rows: set train.packing to false")
         return self
 
     @property

@@ -41,7 +41,7 @@ from tunewright.dataset.tokenize import IGNORE_INDEX, TokenizedExample
 from tunewright.train.batching import collate
 from tunewright.train.loss import chunked_cross_entropy
 from tunewright.train.micro_batches import MicroBatches
-from tunewright.train.model_setup import ChunkedLossForward, causal_lm_of
+from tunewright.train.model_setup import ChunkedLossForward, causal_lm_of, soft
 
 # of this machine's memory: the rest is the training's own (weights, activations, optimiser)
 MAX_SHARE_OF_MEMORY = 0.25
@@ -130,6 +130,9 @@ class FrozenCacheForward(ChunkedLossForward):
         loss_weights=None,
         prefix_ids=None,
         unit_ids=None,
+        soft_ids=None,
+        soft_probs=None,
+        hard_share=None,
     ):
         if unit_ids is None:
             return super().forward(
@@ -144,7 +147,13 @@ class FrozenCacheForward(ChunkedLossForward):
             )
         top = llama.layers[self.bottom.frozen_layers : llama.config.num_hidden_layers]
         hidden = llama.norm(run_layers(llama, hidden, attention_mask, top))
-        return chunked_cross_entropy(hidden, causal_lm.lm_head.weight, labels, loss_weights)
+        return chunked_cross_entropy(
+            hidden,
+            causal_lm.lm_head.weight,
+            labels,
+            loss_weights,
+            soft=soft(soft_ids, soft_probs, hard_share),
+        )
 
 
 def _prefix_put_back(

@@ -10,6 +10,10 @@ of fp32 logits is 1.6 GB, and autograd would keep several copies. Two things mak
    logits plus the gradient of the selected hidden states.
 
 This is a function the loop calls explicitly, not a patch of the model's forward.
+
+Targets may be soft (train/teacher.py): a position then learns against the mixture
+hard_share · one-hot(label) + Σ_k soft_probs_k · one-hot(soft_ids_k), whose gradient is the same
+softmax minus target, so the chunked scheme is unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i w_i * NLL(softmax(h_i W^T), y_i), with gradients computed chunk by chunk in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, token_weights, chunk_tokens):
+    def forward(ctx, hidden, weight, targets, token_weights, chunk_tokens, soft=None):
         compute_dtype = hidden.dtype
         weight_c = weight.to(compute_dtype)
         needs_weight_grad = weight.requires_grad
@@ -33,19 +37,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32) if needs_weight_grad else None
         total = torch.zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_tokens):
-            h = hidden[start : start + chunk_tokens]
-            y = targets[start : start + chunk_tokens]
-            w = token_weights[start : start + chunk_tokens]
+            span = slice(start, start + chunk_tokens)
+            h, y, w = hidden[span], targets[span], token_weights[span]
             logits = (h @ weight_c.T).float()
             log_z = torch.logsumexp(logits, dim=-1)
-            target_logit = logits.gather(1, y[:, None]).squeeze(1)
+            rows = torch.arange(len(y))
+            if soft is None:
+                target_logit = logits[rows, y]
+            else:
+                soft_ids, soft_probs, hard_share = (t[span] for t in soft)
+                target_logit = hard_share * logits[rows, y] + (
+                    soft_probs * logits.gather(1, soft_ids)
+                ).sum(1)
             total += ((log_z - target_logit) * w).sum()
-            # d/dlogits of w * NLL = w * (softmax - onehot); reuse the logits buffer in place
+            # d/dlogits of w * CE(target) = w * (softmax - target); reuse the logits buffer
             grad_logits = logits.sub_(log_z[:, None]).exp_()
-            grad_logits[torch.arange(len(y)), y] -= 1.0
+            if soft is None:
+                grad_logits[rows, y] -= 1.0
+            else:
+                grad_logits[rows, y] -= hard_share
+                grad_logits.scatter_add_(1, soft_ids, -soft_probs)
             grad_logits.mul_(w[:, None])
             grad_logits_c = grad_logits.to(compute_dtype)
-            grad_hidden[start : start + chunk_tokens] = grad_logits_c @ weight_c
+            grad_hidden[span] = grad_logits_c @ weight_c
             if needs_weight_grad:
                 grad_weight += (grad_logits_c.T @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight if needs_weight_grad else None)
@@ -57,7 +71,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         g_h = grad_hidden * grad_output.to(grad_hidden.dtype)
         g_w = None if grad_weight is None else (grad_weight * grad_output).to(ctx.weight_dtype)
-        return g_h, g_w, None, None, None
+        return g_h, g_w, None, None, None, None
 
 
 def select_trained_positions(
@@ -84,16 +98,22 @@ def chunked_cross_entropy(
     labels: torch.Tensor,
     loss_weights: torch.Tensor | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    soft: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed (weighted) next-token NLL over labelled positions, and the summed weight.
 
     `hidden` is [B, T, H] from the model body, `labels` [B, T] with IGNORE_INDEX where not
     trained. Divide the first result by the second (summed over all micro-batches of an
-    optimiser step) for the mean token loss.
+    optimiser step) for the mean token loss. `soft`: (soft_ids, soft_probs, hard_share) for
+    every labelled position in row order (train/teacher.py `soft_targets`).
     """
     selected, targets, weights = select_trained_positions(hidden, labels, loss_weights)
     if targets.numel() == 0:
         zero = hidden.sum() * 0.0  # keeps the graph connected so backward still works
         return zero, torch.zeros(())
-    total = _LinearCrossEntropy.apply(selected, lm_head_weight, targets, weights, chunk_tokens)
+    if soft is not None and len(soft[2]) != len(targets):
+        raise ValueError(f"{len(soft[2])} soft targets for {len(targets)} trained positions")
+    total = _LinearCrossEntropy.apply(
+        selected, lm_head_weight, targets, weights, chunk_tokens, soft
+    )
     return total, weights.sum()

@@ -20,6 +20,7 @@ from tunewright.train.batching import collate
 from tunewright.train.label_weights import LabelWeighting, label_weights, reweighted
 from tunewright.train.packing import PackedRow, collate_packed, pack_examples
 from tunewright.train.shared_prefix import collate_shared_prefix
+from tunewright.train.teacher import Teacher, soft_targets
 
 Unit = TokenizedExample | PackedRow
 Collate = Callable[[list[Unit]], dict[str, torch.Tensor]]
@@ -52,6 +53,8 @@ class MicroBatches:
     units: Sequence[Unit]
     collate_units: Collate
     unit_weights: list[float]  # each unit's loss normaliser: its trained tokens' own weight
+    teachers: Sequence[Teacher | None] = ()  # per unit, with soft targets (train/teacher.py)
+    teacher_weight: float = 0.0  # the share of a taught token's target that is the teacher's
 
     @classmethod
     def build(
@@ -63,13 +66,18 @@ class MicroBatches:
         packing: bool,
         max_seq_len: int,
         extra: Sequence[TokenizedExample] = (),
+        extra_teachers: Sequence[Teacher] = (),
+        teacher_weight: float = 0.0,
         share_prefix: bool = False,
         label_weighting: LabelWeighting = "none",
     ) -> MicroBatches:
         """`extra`: examples already tokenised (general replay), trained alongside `examples`
-        with weight 1. `share_prefix`: collate a micro-batch's common prompt start once (plain
-        rows only: a packed row is a whole sequence of its own). `label_weighting`: class
-        weights for labelled examples."""
+        with weight 1; `extra_teachers`: the base's distributions on them, `teacher_weight`
+        their share of the targets (plain rows only). `share_prefix`: collate a micro-batch's
+        common prompt start once (plain rows only: a packed row is a whole sequence of its
+        own). `label_weighting`: class weights for labelled examples."""
+        if extra_teachers and packing:
+            raise ValueError("soft targets need plain rows: packing is on")
         plain = [
             drop_untrained_tail(e) for e in [*(chat.encode_example(e) for e in examples), *extra]
         ]
@@ -102,7 +110,8 @@ class MicroBatches:
         # without communication.
         normalising = arrange(plain) if by_label else units
         weights = [trained_weight(whole_rows([unit])) for unit in normalising]
-        return cls(units, collate_units, weights)
+        teachers = [None] * len(examples) + list(extra_teachers) if extra_teachers else ()
+        return cls(units, collate_units, weights, teachers, teacher_weight)
 
     @property
     def lengths(self) -> list[int]:
@@ -117,5 +126,9 @@ class MicroBatches:
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """The units `indices` as one batch; `unit_ids` names them (train/frozen_cache.py keys
         each unit's frozen-layer output by it)."""
-        batch = self.collate_units([self.units[i] for i in indices])
-        return {**batch, "unit_ids": torch.tensor(indices)}
+        rows = [self.units[i] for i in indices]
+        batch = {**self.collate_units(rows), "unit_ids": torch.tensor(indices)}
+        if self.teachers and any(self.teachers[i] is not None for i in indices):
+            taught = [self.teachers[i] for i in indices]
+            batch |= soft_targets(rows, taught, self.teacher_weight)
+        return batch

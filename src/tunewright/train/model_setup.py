@@ -77,6 +77,11 @@ def _linear_module_names(model: PreTrainedModel) -> list[str]:
     )
 
 
+def soft(soft_ids, soft_probs, hard_share):
+    """The loss's `soft` argument from a batch's soft-target tensors (None when it has none)."""
+    return None if soft_ids is None else (soft_ids, soft_probs, hard_share)
+
+
 def causal_lm_of(model: nn.Module) -> PreTrainedModel:
     """The transformers model inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if isinstance(model, PeftModel) else model
@@ -101,6 +106,9 @@ class ChunkedLossForward(nn.Module):
         loss_weights=None,
         prefix_ids=None,
         unit_ids=None,  # which training units the rows are: only the frozen-layer cache reads it
+        soft_ids=None,  # soft targets of replayed rows (train/teacher.py), with the two below
+        soft_probs=None,
+        hard_share=None,
     ):
         causal_lm = causal_lm_of(self.model)
         if (
@@ -114,4 +122,10 @@ class ChunkedLossForward(nn.Module):
                 position_ids=position_ids,
                 use_cache=False,
             ).last_hidden_state
-        return chunked_cross_entropy(hidden, causal_lm.lm_head.weight, labels, loss_weights)
+        return chunked_cross_entropy(
+            hidden,
+            causal_lm.lm_head.weight,
+            labels,
+            loss_weights,
+            soft=soft(soft_ids, soft_probs, hard_share),
+        )

@@ -34,6 +34,7 @@ from tunewright.train.model_setup import apply_training_method, make_optimizer
 from tunewright.train.parallel import Parallelism, choose_parallelism
 from tunewright.train.replay import base_replay, encode_replay, repeated_to_share
 from tunewright.train.state import TrainState
+from tunewright.train.teacher import base_distributions
 from tunewright.train.time_budget import BudgetProgress, budget_scheduler
 
 
@@ -107,7 +108,7 @@ def setup(
         release_freed_tensors_to_os()
     loaded = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     chat = ChatTokenizer(loaded.tokenizer, cfg.data.system_prompt, cfg.data.max_seq_len)
-    replay, replay_note = [], ""
+    replay, teachers, replay_note = [], [], ""
     if tc.general_replay:  # the base's own answers to general chats, before any adapter exists
         chats = base_replay(
             loaded.model,
@@ -117,11 +118,14 @@ def setup(
             model_name=cfg.model.name,
             cache_dir=cfg.run_dir / "data",
         )
-        replay = repeated_to_share(
-            encode_replay(chats, loaded.tokenizer, cfg.data.max_seq_len),
-            len(dataset.train),
-            tc.general_replay_share,
-        )
+        encoded = encode_replay(chats, loaded.tokenizer, cfg.data.max_seq_len)
+        if tc.general_replay_kl:  # the base's distributions, before the adapter exists
+            teachers = repeated_to_share(
+                base_distributions(loaded.model, encoded, loaded.tokenizer.pad_token_id),
+                len(dataset.train),
+                tc.general_replay_share,
+            )
+        replay = repeated_to_share(encoded, len(dataset.train), tc.general_replay_share)
         replay_note = f" + {len(replay)} general replay rows ({len(chats)} chats)"
     data = MicroBatches.build(
         chat,
@@ -130,6 +134,8 @@ def setup(
         packing=tc.packing,
         max_seq_len=cfg.data.max_seq_len,
         extra=replay,
+        extra_teachers=teachers,
+        teacher_weight=tc.general_replay_kl,
         # a shared prefix runs a layer twice per forward: not under activation checkpointing
         # (its layers drop the cache) nor FSDP (each call would gather the layer's shards again)
         share_prefix=tc.shared_prefix and not (tc.activation_checkpointing or parallelism.sharded),
