@@ -330,7 +330,7 @@ class EvalConfig(_Strict):
     )
     general_check: bool = Field(
         True,
-        description="Ask base and tuned ~50 general questions to check no general ability was lost.",
+        description="Ask base and tuned 160 general questions to check no general ability was lost.",
     )
     judge: JudgeConfig = Field(
         default_factory=JudgeConfig, description="Optional LLM judge (off by default)."
