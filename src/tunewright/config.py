@@ -219,8 +219,8 @@ class TrainConfig(_Strict):
     general_replay: int = Field(
         0,
         ge=0,
-        le=240,
-        description="Mix the base model's own answers to this many general prompts into training, against forgetting (0 = off).",
+        le=1000,
+        description="Mix the base model's own answers to this many of the 1,000 bundled general prompts into training, against forgetting (0 = off).",
     )
     eval_every_steps: int | None = Field(
         None, ge=1, description="Validation loss every N steps (default: at the end only)."
