@@ -219,8 +219,8 @@ class TrainConfig(_Strict):
     general_replay: int = Field(
         0,
         ge=0,
-        le=240,
-        description="Mix the base model's own answers to this many general prompts into training, against forgetting (0 = off).",
+        le=1000,
+        description="Mix the base model's own answers to this many of the 1,000 bundled general prompts into training, against forgetting (0 = off).",
     )
     general_replay_kl: float = Field(
         0.0,
@@ -347,7 +347,7 @@ class EvalConfig(_Strict):
     )
     general_check: bool = Field(
         True,
-        description="Ask base and tuned ~50 general questions to check no general ability was lost.",
+        description="Ask base and tuned 160 general questions to check no general ability was lost.",
     )
     judge: JudgeConfig = Field(
         default_factory=JudgeConfig, description="Optional LLM judge (off by default)."

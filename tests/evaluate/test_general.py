@@ -4,21 +4,37 @@ import tomllib
 from pathlib import Path
 
 from tunewright.evaluate.general import contains_reference, forgetting_summary, general_set
+from tunewright.evaluate.metrics import normalize_answer
+
+# These instructions name their own answer (repeat a word, say yes, pick one of two numbers); they
+# are kept as they were so that scores stay comparable with earlier runs, but no new item may.
+ANSWER_IN_QUESTION = {"g49", "g50", "g52"}
 
 
 def test_general_set_is_well_formed_and_shipped():
     items = general_set()
-    assert 40 <= len(items) <= 60
-    assert len({i.id for i in items}) == len(items) and len({i.prompt for i in items}) == len(items)
-    assert all(
-        item.prompt.strip() and item.answers and all(a.strip() for a in item.answers)
-        for item in items
-    )
+    assert len(items) == 160
+    assert [item.id for item in items] == [f"g{k:02d}" for k in range(1, len(items) + 1)]
+    assert len({normalize_answer(item.prompt) for item in items}) == len(items)
+    assert all(item.prompt.strip() and item.answers for item in items)
+    # a reference that normalises to nothing ("A", "the") could never be found in an answer
+    assert all(normalize_answer(a) for item in items for a in item.answers)
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     assert (
         "evaluate/general_set.jsonl"
         in pyproject["tool"]["setuptools"]["package-data"]["tunewright"]
     )
+
+
+def test_no_reference_is_given_away_by_its_question():
+    # a model that only echoed the question would otherwise score on it
+    echoed = {
+        item.id
+        for item in general_set()
+        for a in item.answers
+        if f" {normalize_answer(a)} " in f" {normalize_answer(item.prompt)} "
+    }
+    assert echoed == ANSWER_IN_QUESTION
 
 
 def test_reference_is_found_leniently_but_as_whole_words():

@@ -1,17 +1,22 @@
 """General replay: the base's own answers to general chats, mixed into training."""
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
+from pydantic import ValidationError
 from rich.console import Console
 
 from tests.train.test_loop import config
+from tunewright.config import TrainConfig
 from tunewright.data.prepare import prepare
 from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.evaluate.general import general_set
+from tunewright.evaluate.metrics import normalize_answer
 from tunewright.inference.generate import Generation, generate
 from tunewright.inference.tokens import stop_token_ids
 from tunewright.models import load_model
@@ -33,16 +38,48 @@ QUIET = Console(quiet=True)
 ROOT = Path(__file__).parents[2]
 
 
-def test_prompts_are_shipped_unique_and_not_the_forgetting_checks_questions():
+def _bundled_rows() -> list[dict]:
+    text = (ROOT / "src/tunewright/train/replay_prompts.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_prompts_are_shipped_unique_and_well_formed():
+    rows = _bundled_rows()
+    assert [row["id"] for row in rows] == [f"r{k:03d}" for k in range(1, 1001)]
+    assert all(set(row) == {"id", "prompt"} and row["prompt"].strip() for row in rows)
     prompts = replay_prompts()
-    assert len(prompts) == 240 == len(set(prompts))
-    assert not set(prompts) & {item.prompt for item in general_set()}
+    assert prompts == tuple(row["prompt"] for row in rows)
+    assert len({normalize_answer(p) for p in prompts}) == len(prompts) == 1000
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert (
         "train/replay_prompts.jsonl"
         in pyproject["tool"]["setuptools"]["package-data"]["tunewright"]
     )
     assert pick_prompts(5, seed=1) == pick_prompts(5, seed=1) != pick_prompts(5, seed=2)
+    # train.general_replay may ask for every bundled prompt, and no more
+    assert len(pick_prompts(TrainConfig(general_replay=1000).general_replay, seed=0)) == 1000
+    with pytest.raises(ValidationError, match="general_replay"):
+        TrainConfig(general_replay=1001)
+
+
+def test_no_prompt_asks_a_question_of_the_forgetting_check():
+    # replaying the base's answer to a checked question would make the check measure the cure
+    replayed = [f" {normalize_answer(p)} " for p in replay_prompts()]
+    for item in general_set():
+        question = f" {normalize_answer(item.prompt)} "
+        assert not [p for p in replayed if question in p], item.id
+
+
+def test_no_prompt_names_a_country_whose_capital_is_checked():
+    countries = [
+        match[1]
+        for item in general_set()
+        if (match := re.fullmatch(r"What is the capital of (?:the )?(.+)\?", item.prompt))
+    ]
+    assert len(countries) >= 20 and "United States" in countries
+    for country in countries:
+        pattern = re.compile(rf"\b{re.escape(country)}\b", re.IGNORECASE)
+        assert not [p for p in replay_prompts() if pattern.search(p)], country
 
 
 def test_unfinished_answers_are_kept_and_marked_empty_ones_dropped():

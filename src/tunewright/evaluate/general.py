@@ -1,10 +1,11 @@
 """Forgetting check: did tuning cost general ability?
 
-Base and tuned answer the same ~50 short general questions (`general_set.jsonl`: capitals,
-arithmetic, simple instructions; written for tunewright, so there is no licence question). An
-answer is right when a reference, normalised SQuAD-style, appears in it as whole words: lenient on
-purpose, because an instruct model says "The capital of France is Paris." rather than "Paris".
-Both models get the question alone, without the run's system prompt, so the prompts are identical.
+Base and tuned answer the same 160 short general questions (`general_set.jsonl`: capitals,
+science, animals, arithmetic, units, words, simple instructions; written for tunewright, so there
+is no licence question): enough that a real loss is unlikely to pass as noise. An answer is right
+when a reference, normalised SQuAD-style, appears in it as whole words: lenient on purpose,
+because an instruct model says "The capital of France is Paris." rather than "Paris". Both models
+get the question alone, without the run's system prompt, so the prompts are identical.
 """
 
 from __future__ import annotations

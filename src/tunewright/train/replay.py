@@ -1,12 +1,14 @@
 """General replay: keep the tuned model answering general questions like the base did.
 
 Tuning on thousands of examples that all end in a label teaches a small model to answer *every*
-chat with a label: measured on Banking77, the forgetting check fell from 31/54 right to 0/54. The
-cure used here is self-distillation replay: before training, the base model answers a few hundred
-general prompts (`replay_prompts.jsonl`, written for tunewright: explanations, short poems, word
-lists about everyday topics, none of them a question of the forgetting check), and those answers
-are mixed into the training set. They are chats *without* the run's system prompt, so the model
-learns the difference: the domain instruction asks for a label, a plain chat gets a plain answer.
+chat with a label (see docs/results.md#general-replay). The cure used here is self-distillation
+replay: before training, the base model answers up to 1,000 general prompts
+(`replay_prompts.jsonl`, written for tunewright: explanations, how-to steps, definitions, lists,
+rewriting a given sentence, polite emails, short stories and poems, word problems, comparisons,
+advice), and those answers are mixed into the training set. None of the prompts asks what the
+forgetting check asks (tested), so the check stays independent of the cure. They are chats
+*without* the run's system prompt, so the model learns the difference: the domain instruction asks
+for a label, a plain chat gets a plain answer.
 Replaying the base's own answers (not some other model's) asks it to keep, not to change, its
 general behaviour, and needs no outside data or licence.
 
