@@ -18,10 +18,12 @@ BUDGET_OVERRIDES below and then the command line's:
    tuned, and on classification recipes the classic classifiers tfidf_logreg and embed_logreg,
    evaluate/baselines.py), `training.json` and the evaluated references in `eval/examples.jsonl`.
 
-It prints, per recipe and variant, the headline metric and macro-F1 with 95% bootstrap intervals,
-the majority-class baseline (accuracy and macro-F1 of always answering the commonest test label:
+It prints the machine's matrix-product rate (measured at the start), then per recipe and variant
+the headline metric and macro-F1 with 95% bootstrap intervals, the general score (the forgetting
+check: general questions right, base and tuned, and the paired test's p), the majority-class
+baseline (accuracy and macro-F1 of always answering the commonest test label:
 a tuned model that only learned the prior scores exactly that), the tuned-minus-strongest-base
-difference, the training steps and seconds, each classic classifier's CPU seconds (fit +
+difference, the training minutes, steps and tokens/s, each classic classifier's CPU seconds (fit +
 predict) and whether one matches the tuned model (McNemar p >= 0.05, or better): then the
 fine-tuned LLM is not needed for accuracy on that recipe. The same goes to `<output-dir>/summary.json`
 and `summary.md`.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,6 +46,9 @@ from rich.table import Table
 
 from tunewright.config import load_config
 from tunewright.pipeline import run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import matmul_rates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("customer-support", "finance", "healthcare", "healthcare-qa")
@@ -126,6 +132,7 @@ def run_recipe(
         "comparison": results.get("comparison") or {},
         "comparisons": results.get("comparisons") or {},
         "strongest_base": results.get("strongest_base"),
+        "general": results.get("general"),
     }
     if results["task"] == "classification":
         labels = json.loads((cfg.run_dir / "data" / "summary.json").read_text())["labels"]
@@ -141,12 +148,27 @@ def _cell(metrics: dict, key: str, percent: bool) -> str:
     return f"{f(c['value'])} [{f(c['low'])}, {f(c['high'])}]"
 
 
+def general_cell(result: dict, model: str) -> str:
+    """The forgetting check: general questions right (base, and tuned with its paired p)."""
+    g = result.get("general")
+    if not g or model not in ("tuned",) and not model.startswith("base_"):
+        return ""
+    n = g["n"]
+    base = f"{round(g['base_accuracy'] * n)}/{n}"
+    if model != "tuned":
+        return base
+    return f"{round(g['tuned_accuracy'] * n)}/{n} (vs base {base}, p = {g['test']['p_value']:.2g})"
+
+
 def table_rows(result: dict) -> list[list[str]]:
     """One row per scored variant, plus the majority-class baseline."""
     head = result["headline"]
     percent = head == "accuracy"
     t = result["training"]
-    seconds = f"{t['seconds']:.0f} s, {t['steps']} of {t.get('planned_steps', '?')} planned steps"
+    seconds = (
+        f"{t['seconds'] / 60:.1f} min, {t['steps']} of {t.get('planned_steps', '?')} planned "
+        f"steps, {t['tokens_per_second']:.0f} tokens/s ({t.get('precision', '?')})"
+    )
     cpu = result.get("cpu_seconds") or {}
     rows = []
     for model, metrics in result["models"].items():
@@ -159,6 +181,7 @@ def table_rows(result: dict) -> list[list[str]]:
                 model,
                 _cell(metrics, head, percent),
                 _cell(metrics, "macro_f1", False),
+                general_cell(result, model),
                 cost,
             ]
         )
@@ -170,6 +193,7 @@ def table_rows(result: dict) -> list[list[str]]:
                 f"majority ({m['label']})",
                 f"{m['accuracy']:.1%}",
                 f"{m['macro_f1']:.3f}",
+                "",
                 "",
             ]
         )
@@ -232,8 +256,8 @@ def write_markdown(results: list[dict], path: Path, header: str) -> None:
         "",
         header,
         "",
-        "| recipe | model | headline metric (95% CI) | macro-F1 (95% CI) | training |",
-        "|---|---|---|---|---|",
+        "| recipe | model | headline metric (95% CI) | macro-F1 (95% CI) | general questions right | training |",
+        "|---|---|---|---|---|---|",
     ]
     for result in results:
         lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
@@ -263,6 +287,9 @@ def main() -> None:
     args = parser.parse_args()
 
     console = Console(stderr=True)
+    rates = matmul_rates()
+    rate_text = f"matmul rate bf16 {rates['bfloat16']:.1f}, fp32 {rates['float32']:.1f} GFLOP/s"
+    console.print(rate_text)
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     args.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -275,7 +302,8 @@ def main() -> None:
         header = (
             f"Training budget {args.budget_minutes:g} min per recipe"
             f"{' (--quick: scores mean nothing)' if args.quick else ''}; overrides: {' '.join(overrides) or 'none'} "
-            f"(and each recipe's BUDGET_OVERRIDES); total {time.perf_counter() - started:.0f} s."
+            f"(and each recipe's BUDGET_OVERRIDES); total {time.perf_counter() - started:.0f} s; "
+            f"{rate_text} (measured at the start)."
         )
         (args.output_dir / "summary.json").write_text(
             json.dumps({"header": header, "results": results}, indent=2)
@@ -283,7 +311,14 @@ def main() -> None:
         write_markdown(results, args.output_dir / "summary.md", header)
 
     table = Table(title="Domain uplift: " + header)
-    for column in ("recipe", "model", "headline metric (95% CI)", "macro-F1 (95% CI)", "training"):
+    for column in (
+        "recipe",
+        "model",
+        "headline metric (95% CI)",
+        "macro-F1 (95% CI)",
+        "general questions right",
+        "training",
+    ):
         table.add_column(column)
     for result in results:
         for row in table_rows(result):

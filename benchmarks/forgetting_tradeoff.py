@@ -1,0 +1,147 @@
+"""Forgetting trade-off: the domain metric against the general score, for each cure of forgetting,
+at one training time budget.
+
+Run: .venv/bin/python benchmarks/forgetting_tradeoff.py --recipe customer-support
+         [--budget-minutes 5] [--variants none,share-10,kl-10,share-25]
+         [--output-dir runs/forgetting-tradeoff] [KEY=VALUE ...]
+
+Each variant runs the recipe (`tunewright.pipeline.run`: prepare, train for at most the budget,
+evaluate the tuned model and the forgetting check) in its own run folder, one after the other in
+this process. The variants (VARIANTS below) differ only in the replay settings: none; the base's
+answers to general prompts mixed in as a share of the training rows (`general_replay_share`);
+and the same with a KL term to the base (`general_replay_kl`). The table gives per variant the
+tuned model's headline metric and macro-F1 with 95% intervals, the forgetting check (base and
+tuned right of the general questions, the paired test's p), whether the check passes ("no
+significant loss": tuned within 3 points of base and p >= 0.05), the domain metric's difference
+from the first variant, training steps, tokens/s and the run's seconds (replay answers and the
+base's distributions are made before training, outside the budget, and cached per model), and the
+machine's matrix-product rate measured at the start. Also written to `<output-dir>/summary.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from tunewright.config import load_config
+from tunewright.pipeline import run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import matmul_rates  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REPLAY = "train.general_replay=1000"
+VARIANTS = {
+    "none": ["train.general_replay=0"],
+    "replay-240": ["train.general_replay=240"],  # each chat once: the earlier default dose
+    "share-10": [REPLAY, "train.general_replay_share=0.1"],
+    "share-25": [REPLAY, "train.general_replay_share=0.25"],
+    "kl-10": [REPLAY, "train.general_replay_share=0.1", "train.general_replay_kl=1.0"],
+    "kl-25": [REPLAY, "train.general_replay_share=0.25", "train.general_replay_kl=1.0"],
+}
+# "no significant loss": within this many points of the base, and p >= 0.05
+GENERAL_MARGIN = 0.03
+
+
+def run_variant(recipe: str, variant: str, budget_minutes: float, overrides, output_dir, console):
+    cfg = load_config(
+        ROOT / "recipes" / f"{recipe}.yaml",
+        [
+            f"output_dir={output_dir}",
+            f"name={recipe}-{variant}",
+            f"train.max_minutes={budget_minutes:g}",
+            "evaluate.models=[tuned]",
+            "evaluate.general_check=true",
+            *VARIANTS[variant],
+            *overrides,
+        ],
+    )
+    console.rule(f"{recipe}, {variant}: {' '.join(VARIANTS[variant])}")
+    started = time.perf_counter()
+    run(cfg, console=console)
+    seconds = time.perf_counter() - started
+    results = json.loads((cfg.run_dir / "eval" / "results.json").read_text())
+    training = json.loads((cfg.run_dir / "training.json").read_text())
+    general = results["general"]
+    return {
+        "variant": variant,
+        "overrides": VARIANTS[variant],
+        "headline": results["headline"],
+        "n_examples": results["n_examples"],
+        "tuned": results["models"]["tuned"]["metrics"],
+        "general": general,
+        "passes": general["test"]["p_value"] >= 0.05
+        and general["tuned_accuracy"] >= general["base_accuracy"] - GENERAL_MARGIN,
+        "training": training,
+        "run_seconds": round(seconds, 1),
+    }
+
+
+def _cell(metrics: dict, key: str, percent: bool) -> str:
+    c = metrics[key]
+    f = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
+    return f"{f(c['value'])} [{f(c['low'])}, {f(c['high'])}]"
+
+
+def table(results: list[dict], header: str) -> str:
+    head = results[0]["headline"]
+    percent = head == "accuracy"
+    first = results[0]["tuned"][head]["value"]
+    lines = [
+        header,
+        "",
+        f"| variant | {head} (95% CI) | vs {results[0]['variant']} | macro-F1 | general: base → tuned "
+        "(p) | check | steps | tokens/s | run s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        g, t = r["general"], r["training"]
+        n = g["n"]
+        right = f"{round(g['base_accuracy'] * n)}/{n} → {round(g['tuned_accuracy'] * n)}/{n}"
+        delta = r["tuned"][head]["value"] - first
+        lines.append(
+            f"| {r['variant']} | {_cell(r['tuned'], head, percent)} | {delta * 100:+.1f} pts | "
+            f"{_cell(r['tuned'], 'macro_f1', False) if 'macro_f1' in r['tuned'] else '-'} | "
+            f"{right} ({g['test']['p_value']:.2g}) | {'passes' if r['passes'] else 'fails'} | "
+            f"{t['steps']} | {t['tokens_per_second']:.0f} | {r['run_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="customer-support")
+    parser.add_argument("--budget-minutes", type=float, default=5.0)
+    parser.add_argument("--variants", default="none,share-10,kl-10,share-25")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "forgetting-tradeoff")
+    parser.add_argument("overrides", nargs="*", help="Dotted overrides for every variant.")
+    args = parser.parse_args()
+    console = Console(stderr=True)
+    rates = matmul_rates()
+    rate_text = f"matmul rate bf16 {rates['bfloat16']:.1f}, fp32 {rates['float32']:.1f} GFLOP/s"
+    console.print(rate_text)
+    results = []
+    for variant in args.variants.split(","):
+        results.append(
+            run_variant(
+                args.recipe, variant, args.budget_minutes, args.overrides, args.output_dir, console
+            )
+        )
+        header = (
+            f"Forgetting trade-off, {args.recipe}, training budget {args.budget_minutes:g} min; "
+            f"overrides: {' '.join(args.overrides) or 'none'}; {rate_text} (measured at the start)."
+        )
+        text = table(results, header)
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / f"{args.recipe}.md").write_text(text, encoding="utf-8")
+        (args.output_dir / f"{args.recipe}.json").write_text(json.dumps(results, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
