@@ -44,9 +44,13 @@ class _Head(torch.nn.Module):
     num_key_value_groups = 3
 
 
-def test_cascade_attention_is_softmax_over_prefix_and_own_keys():
+@pytest.mark.parametrize("rows_per_chunk", ["all", "one"])
+def test_cascade_attention_is_softmax_over_prefix_and_own_keys(monkeypatch, rows_per_chunk):
     """Merging the prefix's part and the row's own part equals one softmax over both, with the
-    row's mask applied to its own keys only and the query heads sharing KV heads in groups."""
+    row's mask applied to its own keys only and the query heads sharing KV heads in groups
+    (also when a long prefill is split into chunks of rows)."""
+    if rows_per_chunk == "one":
+        monkeypatch.setattr(shared_prefix, "MAX_SCORES_PER_CHUNK", 1)
     torch.manual_seed(0)
     rows, heads, kv_heads, dim, prefix_len, own, q_len = 4, 6, 2, 8, 10, 7, 3
     prefix = SharedPrefix(
@@ -73,6 +77,19 @@ def test_cascade_attention_is_softmax_over_prefix_and_own_keys():
         attn_mask=full_mask,
     ).transpose(1, 2)
     assert got.shape == (rows, q_len, heads, dim)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cascade_attention_without_prefix_at_decode_equals_sdpa():
+    torch.manual_seed(0)
+    query, key = torch.randn(3, 6, 1, 8), torch.randn(3, 2, 9, 8)
+    value = torch.randn(3, 2, 9, 8)
+    mask = torch.rand(3, 1, 1, 9) > 0.3
+    mask[..., -1] = True  # a row always sees the token it is decoding
+    got, _ = cascade_attention(_Head(), query, key, value, mask, scaling=8**-0.5)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(3, dim=1), value.repeat_interleave(3, dim=1), attn_mask=mask
+    ).transpose(1, 2)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -169,3 +186,21 @@ def test_prefix_of_keeps_one_copy(loaded):
     loaded.model(input_ids=torch.tensor([[5, 6, 7, 8]]), cache=cache, use_cache=True)
     prefix = prefix_of(cache)
     assert prefix.length == 4 and prefix.keys[0].dim() == 3
+
+
+def test_models_we_do_not_reproduce_keep_transformers_path(loaded, monkeypatch):
+    """An attention implementation outside CASCADE_REPLACES (or a cache that is not plain KV):
+    no row cache, no prefix sharing, transformers' own attention; same answers."""
+    from tunewright.inference import generate as generate_module
+
+    def refuse(*args):
+        raise AssertionError("cascade used for a model it does not reproduce")
+
+    monkeypatch.setattr(generate_module, "CASCADE_REPLACES", ())
+    monkeypatch.setattr(generate_module, "cascade", refuse)
+    assert not row_caches_fit(loaded.model)
+    chat = ChatTokenizer(loaded.tokenizer, SYSTEM, 128)
+    prompts = [chat.encode_prompt((Message("user", q),)) for q in QUESTIONS]
+    expected = [_plain(loaded.model, loaded.tokenizer, p, 6) for p in prompts]
+    got = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=6, batch_size=4)
+    assert [(g.text, g.stopped) for g in got] == expected

@@ -17,6 +17,12 @@ cache at every step. Here instead:
 Query heads are folded onto their KV head by a reshape (head h reads KV head h // group, as
 transformers' `repeat_kv` lays them out), so the keys are never repeated per query head.
 
+Why not transformers' StaticCache with its SDPA: it removes the concatenation but still keeps a
+copy of the prefix per row, so every step reads B copies of it, each attended by one query
+token per head (a matrix-vector product, bound by memory); here the prefix is read once per
+step in a product with all B x heads queries, at the matrix-product rate (measured against each
+other: benchmarks/generation_batching.py --rates --label-list).
+
 The cache tells transformers' mask builder that its columns start after the prefix
 (`get_mask_sizes` returns the prefix length as the offset): the mask the model builds from the
 full-width attention mask then covers exactly the row's own keys.
@@ -151,7 +157,6 @@ def cascade_attention(
     rows, heads, q_len, dim = query.shape
     if prefix is None and q_len > 1:
         # a prefill with no prefix to merge: the stock kernel, as without this module
-        kwargs.pop("dropout", None)
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling)
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -160,41 +165,36 @@ def cascade_attention(
         k_len = key.shape[2]
         causal = torch.arange(q_len)[:, None] + (k_len - q_len) >= torch.arange(k_len)[None, :]
         attention_mask = causal.to(query.device)[None, None]
-    # fold each KV group's query heads (and query tokens) into rows of one matrix
-    folded = query.reshape(rows, kv_heads, group * q_len, dim)
-    chunk = max(1, MAX_SCORES_PER_CHUNK // (heads * q_len * max(key.shape[2], 1)))
-    parts = [
-        _own_part(
-            folded[r : r + chunk],
-            key[r : r + chunk],
-            value[r : r + chunk],
-            attention_mask[r : r + chunk] if attention_mask.shape[0] > 1 else attention_mask,
-            group,
-            scale,
+    # fold each KV group's query heads (and query tokens) into rows of one matrix; scaling the
+    # queries costs less than scaling the scores
+    folded = (query * scale).reshape(rows, kv_heads, group * q_len, dim)
+    keys_seen = key.shape[2] + (prefix.length if prefix is not None else 0)
+    chunk = max(1, MAX_SCORES_PER_CHUNK // (heads * q_len * keys_seen))
+    parts = []
+    for r in range(0, rows, chunk):  # one chunk at decode time
+        mask = attention_mask[r : r + chunk] if attention_mask.shape[0] > 1 else attention_mask
+        numerator, top, total = _own_part(
+            folded[r : r + chunk], key[r : r + chunk], value[r : r + chunk], mask, group
         )
-        for r in range(0, rows, chunk)
-    ]
-    # one chunk at decode time: nothing to concatenate
-    numerator, top, total = parts[0] if len(parts) == 1 else map(torch.cat, zip(*parts))
-    if prefix is not None:
-        numerator, total = _add_prefix(
-            numerator,
-            top,
-            total,
-            folded,
-            prefix.keys[module.layer_idx],
-            prefix.values[module.layer_idx],
-            scale,
-        )
-    attended = numerator / total
+        if prefix is not None:
+            numerator, total = _add_prefix(
+                numerator,
+                top,
+                total,
+                folded[r : r + chunk],
+                prefix.keys[module.layer_idx],
+                prefix.values[module.layer_idx],
+            )
+        parts.append(numerator / total)
+    attended = parts[0] if len(parts) == 1 else torch.cat(parts)
     return attended.reshape(rows, heads, q_len, dim).transpose(1, 2).contiguous(), None
 
 
-def _own_part(folded, key, value, mask, group: int, scale: float):
+def _own_part(folded, key, value, mask, group: int):
     """Softmax over the rows' own keys, unnormalised: (weighted values, max score, weight sum)."""
     rows, kv_heads, gq, _ = folded.shape
     q_len = gq // group
-    scores = torch.matmul(folded, key.transpose(2, 3)) * scale  # [rows, kv, group*q, k]
+    scores = torch.matmul(folded, key.transpose(2, 3))  # [rows, kv, group*q, k]
     scores = scores.view(rows, kv_heads, group, q_len, -1).masked_fill(
         ~mask[:, :, None], float("-inf")
     )
@@ -206,13 +206,13 @@ def _own_part(folded, key, value, mask, group: int, scale: float):
     return torch.matmul(weights, value), top, weights.sum(-1, keepdim=True)
 
 
-def _add_prefix(numerator, top, total, folded, keys, values, scale: float):
+def _add_prefix(numerator, top, total, folded, keys, values):
     """Merge the prefix's part (keys/values [kv, prefix, d]) into the rows' own part: every row,
     head and query of a KV group in one product with the prefix's keys, both parts rescaled to
     their common maximum."""
     rows, kv_heads, gq, dim = folded.shape
     stacked = folded.transpose(0, 1).reshape(kv_heads, rows * gq, dim)
-    scores = torch.matmul(stacked, keys.transpose(1, 2)) * scale  # [kv, rows*gq, prefix]
+    scores = torch.matmul(stacked, keys.transpose(1, 2))  # [kv, rows*gq, prefix]
     top_p = scores.amax(-1, keepdim=True)
     weights = (scores - top_p).exp_()
     num_p = torch.matmul(weights, values).view(kv_heads, rows, gq, dim).transpose(0, 1)
