@@ -93,6 +93,25 @@ def test_cascade_attention_without_prefix_at_decode_equals_sdpa():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_cascade_attention_in_bf16_stays_close_to_float32():
+    torch.manual_seed(0)
+    prefix = SharedPrefix(keys=[torch.randn(2, 300, 16)], values=[torch.randn(2, 300, 16)])
+    query, key, value = torch.randn(4, 6, 1, 16), torch.randn(4, 2, 5, 16), torch.randn(4, 2, 5, 16)
+    mask = torch.ones(4, 1, 1, 5, dtype=torch.bool)
+    reset = shared_prefix._ACTIVE_PREFIX.set(prefix)
+    try:
+        exact, _ = cascade_attention(_Head(), query, key, value, mask)
+        low = SharedPrefix([prefix.keys[0].bfloat16()], [prefix.values[0].bfloat16()])
+        shared_prefix._ACTIVE_PREFIX.set(low)
+        got, _ = cascade_attention(
+            _Head(), query.bfloat16(), key.bfloat16(), value.bfloat16(), mask
+        )
+    finally:
+        shared_prefix._ACTIVE_PREFIX.reset(reset)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), exact, atol=2e-2, rtol=2e-2)
+
+
 def test_row_cache_grows_without_reallocating():
     cache = RowCache(num_layers=1, capacity=5, prefix_length=3)
     assert cache.get_seq_length() == 3

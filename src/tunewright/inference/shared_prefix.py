@@ -61,7 +61,9 @@ class SharedPrefix:
 
 # The prefix of the generate() call running in this thread (None: attend to the rows' own keys).
 # The attention function is called by transformers with no handle on the cache, hence a context
-# variable rather than a global: a second thread generating with another prefix is unaffected.
+# variable rather than a global: a second thread generating with another prefix is unaffected,
+# and one using the model meanwhile with a plain cache (the engine) sees no prefix and gets the
+# same attention as with SDPA.
 _ACTIVE_PREFIX: ContextVar[SharedPrefix | None] = ContextVar("tunewright_prefix", default=None)
 
 
@@ -185,7 +187,7 @@ def cascade_attention(
                 prefix.keys[module.layer_idx],
                 prefix.values[module.layer_idx],
             )
-        parts.append(numerator / total)
+        parts.append((numerator / total).to(query.dtype))
     attended = parts[0] if len(parts) == 1 else torch.cat(parts)
     return attended.reshape(rows, heads, q_len, dim).transpose(1, 2).contiguous(), None
 
@@ -203,7 +205,12 @@ def _own_part(folded, key, value, mask, group: int):
     # a pad query may see none of the row's own keys (max -inf): its weights are then all 0, and
     # the prefix's part, which every query sees, keeps its total above 0
     weights = (scores - top.nan_to_num(neginf=0.0)).exp_()
-    return torch.matmul(weights, value), top, weights.sum(-1, keepdim=True)
+    # the merge runs in float32 (small tensors): bf16 sums of hundreds of weights would round
+    return (
+        torch.matmul(weights, value).float(),
+        top.float(),
+        weights.sum(-1, keepdim=True, dtype=torch.float32),
+    )
 
 
 def _add_prefix(numerator, top, total, folded, keys, values):
@@ -215,9 +222,10 @@ def _add_prefix(numerator, top, total, folded, keys, values):
     scores = torch.matmul(stacked, keys.transpose(1, 2))  # [kv, rows*gq, prefix]
     top_p = scores.amax(-1, keepdim=True)
     weights = (scores - top_p).exp_()
-    num_p = torch.matmul(weights, values).view(kv_heads, rows, gq, dim).transpose(0, 1)
-    sum_p = weights.sum(-1, keepdim=True).view(kv_heads, rows, gq, 1).transpose(0, 1)
-    top_p = top_p.view(kv_heads, rows, gq, 1).transpose(0, 1)
+    num_p = torch.matmul(weights, values).float().view(kv_heads, rows, gq, dim).transpose(0, 1)
+    sum_p = weights.sum(-1, keepdim=True, dtype=torch.float32)
+    sum_p = sum_p.view(kv_heads, rows, gq, 1).transpose(0, 1)
+    top_p = top_p.float().view(kv_heads, rows, gq, 1).transpose(0, 1)
     common = torch.maximum(top_p, top)
     a, b = (top_p - common).exp_(), (top - common).exp_()
     return num_p * a + numerator * b, sum_p * a + total * b
