@@ -6,8 +6,9 @@ Two decoders live here, because their jobs differ:
 - `generate.generate` answers a list of prompts known up front (evaluation, replay during
   training, export parity) and returns when all are done. It drives transformers'
   `model.generate` in length-sorted batches, which gives it constrained decoding over a label
-  trie (every answer is a valid label) and lets it reuse one KV cache for a long prefix that
-  every prompt shares (a fair base's instruction and k-shot examples).
+  trie (every answer is a valid label). A long prefix that every prompt shares (a fair base's
+  instruction and k-shot examples) is computed once and attended by every row from one copy,
+  and each batch's own keys go into a preallocated cache (`shared_prefix`).
 - `engine.Engine` serves requests that arrive at any time (the HTTP server, the terminal chat).
   It runs its own decoding loop, because `model.generate` fixes its batch at the start: here
   rows join and leave the running batch at every step (continuous batching), each row has its

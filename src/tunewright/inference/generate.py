@@ -5,14 +5,21 @@ padding, fewer wasted positions), then results are put back in the caller's orde
 
 When all prompts start with the same long prefix (a fair base's instruction, label list and
 k-shot examples: often 20x longer than the question), the prefix is run through the model once
-and its KV cache is copied into every batch. Rows are then padded between the prefix and the
-question ("prefix, pads, question"); position ids follow the attention mask, so every row sees
-exactly the positions it would see alone.
+and its keys and values are kept once: every row of every batch attends to that one copy
+(`shared_prefix.cascade_attention`), so a decode step reads the prefix once, not once per row.
+Rows are padded between the prefix and the question ("prefix, pads, question"); position ids
+follow the attention mask, so every row sees exactly the positions it would see alone.
+
+Each batch's own keys and values go into a `shared_prefix.RowCache`, sized up front for the
+longest question plus `max_new_tokens`, so a decode step writes one column instead of copying
+the whole cache (`torch.cat` in transformers' DynamicCache). Models whose cache is not plain
+per-token KV, or whose attention is not the plain softmax we reimplement, keep transformers'
+own cache and attention (and no prefix sharing).
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +29,14 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from tunewright.inference.padding import left_pad
+from tunewright.inference.shared_prefix import RowCache, SharedPrefix, cascade, prefix_of
 from tunewright.inference.tokens import pad_token_id, stop_token_ids
 
-# Sharing a shorter prefix saves less than the cache copies cost.
+# Sharing a shorter prefix saves less than running the prefix as a separate pass costs.
 MIN_SHARED_PREFIX_TOKENS = 32
+# The attention implementations whose math `cascade_attention` reproduces (plain softmax, no
+# softcap or sinks); others (flash kernels, custom ones) are left as they are.
+CASCADE_REPLACES = ("sdpa", "eager")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,22 +63,22 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return max(0, min(len(common), min(len(p) for p in prompts) - 1))
 
 
-def _prefix_cache(model: PreTrainedModel, prefix: list[int]) -> DynamicCache | None:
-    """The KV cache of `prefix`, or None when this model's cache layout is not plain per-token KV
-    (sliding windows, linear attention keep state we do not know how to share safely)."""
+def row_caches_fit(model: PreTrainedModel) -> bool:
+    """True when this model's cache is plain per-token KV and its attention plain softmax: then
+    `RowCache` and `cascade_attention` compute what transformers would (sliding windows, linear
+    attention keep state, and other kernels compute scores, that we do not reproduce)."""
+    layers = DynamicCache(config=model.config).layers
+    return (
+        all(type(layer) is DynamicLayer for layer in layers)
+        and model.config._attn_implementation in CASCADE_REPLACES
+    )
+
+
+def _prefix(model: PreTrainedModel, prefix: list[int]) -> SharedPrefix:
+    """The keys and values of `prefix`, computed once with the model's own attention."""
     cache = DynamicCache(config=model.config)
-    if not all(type(layer) is DynamicLayer for layer in cache.layers):
-        return None
     model(input_ids=torch.tensor([prefix], device=model.device), cache=cache, use_cache=True)
-    return cache
-
-
-def _expanded(cache: DynamicCache, rows: int) -> DynamicCache:
-    # generate() appends to the cache it is given: every batch needs its own copy
-    batch_cache = copy.deepcopy(cache)
-    for layer in batch_cache.layers:
-        layer.batch_repeat_interleave(rows)
-    return batch_cache
+    return prefix_of(cache)
 
 
 @torch.inference_mode()
@@ -94,13 +105,10 @@ def generate(
     pad_id = pad_token_id(tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     trie = label_trie(allowed_sequences) if allowed_sequences is not None else None
-    shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
-    prefix_cache = (
-        _prefix_cache(model, list(prompts[0][:shared]))
-        if shared >= MIN_SHARED_PREFIX_TOKENS
-        else None
-    )
-    shared = shared if prefix_cache is not None else 0
+    fits = row_caches_fit(model)
+    shared = shared_prefix_length(prompts) if len(prompts) > 1 and fits else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX_TOKENS else 0
+    prefix = _prefix(model, list(prompts[0][:shared])) if shared else None
     results: list[Generation | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
@@ -109,8 +117,11 @@ def generate(
         options = (
             {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
         )
-        if prefix_cache is not None:
-            options["cache"] = _expanded(prefix_cache, len(indices))
+        attention = contextlib.nullcontext()
+        if fits:  # this batch's own tokens: the question after the prefix, then the answer
+            capacity = width - shared + max_new_tokens
+            options["cache"] = RowCache(model.config.num_hidden_layers, capacity, shared)
+            attention = cascade(model, prefix)
         if trie is not None:
 
             def allowed(_row: int, ids: torch.Tensor, width: int = width) -> list[int]:
@@ -118,14 +129,15 @@ def generate(
                 return trie.get(tuple(ids[width:].tolist()), stops)
 
             options["prefix_allowed_tokens_fn"] = allowed
-        output = model.generate(
-            input_ids=batch.input_ids.to(model.device),
-            attention_mask=batch.attention_mask.to(model.device),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=stops,
-            pad_token_id=pad_id,
-            **options,
-        )
+        with attention:
+            output = model.generate(
+                input_ids=batch.input_ids.to(model.device),
+                attention_mask=batch.attention_mask.to(model.device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=pad_id,
+                **options,
+            )
         new = output[:, width:].tolist()
         for row, i in enumerate(indices):
             tokens = new[row]
