@@ -47,13 +47,25 @@ def test_prediction_outside_label_set_is_invalid() -> None:
     np.testing.assert_array_equal(matrix, [[1, 0, 1], [0, 0, 0]])
 
 
-def test_macro_f1_counts_missing_labels_as_zero() -> None:
+def test_macro_f1_leaves_out_labels_with_neither_examples_nor_predictions() -> None:
     # a: TP 1, predicted 2, support 1 -> F1 = 2*1 / (2+1) = 2/3
     # b: TP 1, predicted 1, support 2 -> F1 = 2/3
     # c: TP 1, predicted 1, support 2 -> F1 = 2/3
-    # d: never predicted, no support -> F1 = 0 (still counts in the mean)
-    # macro = (2/3 + 2/3 + 2/3 + 0) / 4 = 1/2
-    assert macro_f1(PREDS, REFS, LABELS) == pytest.approx(0.5)
+    # d: never predicted, no support -> says nothing: left out of the mean
+    assert macro_f1(PREDS, REFS, LABELS) == pytest.approx(2 / 3)
+
+
+def test_macro_f1_bootstrap_interval_holds_the_point_estimate_with_many_rare_labels() -> None:
+    from tunewright.evaluate.stats import bootstrap_ci_fn
+
+    rng = np.random.default_rng(0)
+    labels = [f"l{i}" for i in range(77)]
+    refs = [labels[i % 77] for i in range(300)]  # ~4 examples per label, as a 300-row sample
+    preds = [r if rng.random() < 0.8 else labels[rng.integers(77)] for r in refs]
+    pred_codes, ref_codes = encode_labels(preds, refs, labels)
+    point = macro_f1(preds, refs, labels)
+    ci = bootstrap_ci_fn(300, lambda i: macro_f1_from_codes(pred_codes[i], ref_codes[i], 77))
+    assert ci.low < point < ci.high
 
 
 def test_macro_f1_label_never_predicted() -> None:

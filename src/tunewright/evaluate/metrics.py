@@ -89,10 +89,10 @@ def _f1_per_label(matrix: np.ndarray) -> np.ndarray:
     predicted = matrix[:, :n_labels].sum(axis=0)
     support = matrix.sum(axis=1)
     # F1 = 2TP / (predicted + support) equals 2PR/(P+R) and needs no guard for P+R = 0. A label
-    # with neither support nor predictions scores 0, as scikit-learn does with zero_division=0,
-    # so our numbers stay comparable with published ones.
+    # with neither support nor predictions gets NaN: it says nothing about the model, and
+    # `macro_f1` leaves it out of the mean.
     denom = predicted + support
-    return np.divide(2 * true_pos, denom, out=np.zeros(n_labels), where=denom > 0)
+    return np.divide(2 * true_pos, denom, out=np.full(n_labels, np.nan), where=denom > 0)
 
 
 def confusion_matrix(
@@ -112,13 +112,17 @@ def accuracy(preds: Sequence[str | None], refs: Sequence[Any]) -> float:
 
 def macro_f1_from_codes(pred_codes: np.ndarray, ref_codes: np.ndarray, n_labels: int) -> float:
     """Macro-F1 from `encode_labels` codes; the fast path for bootstrap resampling."""
-    return float(_f1_per_label(_confusion_from_codes(pred_codes, ref_codes, n_labels)).mean())
+    return float(np.nanmean(_f1_per_label(_confusion_from_codes(pred_codes, ref_codes, n_labels))))
 
 
 def macro_f1(preds: Sequence[str | None], refs: Sequence[str], labels: Sequence[str]) -> float:
-    """Unweighted mean of per-label F1 over every label in `labels`.
+    """Unweighted mean of per-label F1 over the labels of `labels` that occur in `refs` or are
+    predicted (scikit-learn's default set when it is not given the labels).
 
-    A label never predicted correctly scores F1 0 and still counts in the mean.
+    A label with examples that is never predicted right scores F1 0 and counts in the mean. A
+    label with neither examples nor predictions is left out: counting it as 0 would make the
+    score depend on which labels a test sample happens to hold, and bias every bootstrap resample
+    that misses a rare label downwards (intervals that fall below the point estimate).
     """
     pred_codes, ref_codes = encode_labels(preds, refs, labels)
     return macro_f1_from_codes(pred_codes, ref_codes, len(labels))
@@ -142,7 +146,7 @@ def per_label_table(
             "label": label,
             "precision": float(true_pos[i] / predicted[i]) if predicted[i] else 0.0,
             "recall": float(true_pos[i] / support[i]) if support[i] else 0.0,
-            "f1": float(f1[i]),
+            "f1": 0.0 if np.isnan(f1[i]) else float(f1[i]),
             "support": int(support[i]),
         }
         for i, label in enumerate(labels)
