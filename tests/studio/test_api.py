@@ -1,0 +1,208 @@
+"""The fine-tuning jobs API end to end with the official `openai` client: upload, create a job,
+poll it to the end, read its events, then chat with the model it made on the same server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.studio.conftest import FAST, SYSTEM, chat_jsonl
+from tunewright.runs import RunFolder
+
+
+def wait(client: OpenAI, job_id: str, until=("succeeded", "failed", "cancelled"), timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in until:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_upload_train_poll_and_chat_with_the_result(client, studio, intents_jsonl, tiny_model_dir):
+    uploaded = client.files.create(file=("intents.jsonl", intents_jsonl), purpose="fine-tune")
+    assert uploaded.status == "processed" and uploaded.bytes == len(intents_jsonl)
+    assert client.files.content(uploaded.id).content == intents_jsonl
+    assert uploaded.id in [f.id for f in client.files.list()]
+
+    base = tiny_model_dir.name
+    job = client.fine_tuning.jobs.create(
+        model=base,
+        training_file=uploaded.id,
+        suffix="intents",
+        seed=7,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"batch_size": 8, "learning_rate_multiplier": 2}},
+        },
+        metadata={"tunewright_overrides": FAST},
+    )
+    assert job.status in ("queued", "running") and job.seed == 7
+    assert job.hyperparameters.batch_size == 8 and job.fine_tuned_model is None
+
+    done = wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model.startswith(f"ft:{base}:tunewright:intents:")
+    assert done.finished_at >= done.created_at
+
+    # a studio run is an ordinary run folder
+    run = RunFolder(studio.studio.runs_dir / job.id)
+    assert run.trained().method == "lora" and (run.path / "job.log").is_file()
+    assert run.config_file.is_file() and (run.path / "eval" / "results.json").is_file()
+
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert events[0] == "The job has successfully completed"  # newest first
+    assert any(m.startswith("Step 4/4: training loss=") for m in events), events
+    assert any(m.startswith("Evaluation: tuned ") for m in events), events
+    assert events[-1].startswith("Validating training file")
+    metrics = [
+        e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"
+    ]
+    assert [e.data["step"] for e in metrics if "train_loss" in e.data][::-1] == [1, 2, 3, 4]
+
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [4, 2]  # newest first
+    assert checkpoints[0].fine_tuning_job_id == job.id and checkpoints[0].metrics.step == 4
+
+    # the result is served without a restart, next to the base model
+    assert done.fine_tuned_model in [m.id for m in client.models.list()]
+    answer = client.chat.completions.create(
+        model=done.fine_tuned_model,
+        messages=[{"role": "user", "content": "I lost my card."}],
+        max_tokens=4,
+        temperature=0,
+    )
+    assert answer.model == done.fine_tuned_model and answer.choices[0].finish_reason
+
+    listed = client.fine_tuning.jobs.list(limit=10)
+    assert job.id in [j.id for j in listed.data]
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_job_within_seconds(client, intents_jsonl, tiny_model_dir):
+    uploaded = client.files.create(file=("intents.jsonl", intents_jsonl), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=tiny_model_dir.name,
+        training_file=uploaded.id,
+        metadata={
+            "tunewright_overrides": FAST.replace("train.max_steps=4", "train.max_steps=100000")
+        },
+    )
+    wait(client, job.id, until=("running",))
+    started = time.monotonic()
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled" and time.monotonic() - started < 10
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_a_queued_job_is_cancelled_at_once_and_pages_list_newest_first(
+    client, intents_jsonl, tiny_model_dir
+):
+    uploaded = client.files.create(file=("a.jsonl", intents_jsonl), purpose="fine-tune")
+    ids = []
+    for _ in range(3):
+        job = client.fine_tuning.jobs.create(
+            model=tiny_model_dir.name,
+            training_file=uploaded.id,
+            metadata={
+                "tunewright_overrides": FAST.replace("train.max_steps=4", "train.max_steps=100000")
+            },
+        )
+        ids.append(job.id)
+    for job_id in reversed(ids):  # the queued ones first, so the runner never starts them
+        assert client.fine_tuning.jobs.cancel(job_id).status == "cancelled"
+    first = client.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in first.data] == ids[::-1][:2] and first.has_more
+    second = client.fine_tuning.jobs.list(limit=2, after=first.data[-1].id)
+    assert second.data[0].id == ids[0]
+
+
+def test_a_bad_file_is_refused_naming_file_and_line(client):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "no answer"}]},
+    ]
+    bad = chat_jsonl(rows) + b"{not json\n"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("mine.jsonl", bad), purpose="fine-tune")
+    error = refused.value.body
+    assert error["code"] == "invalid_file" and error["param"] == "file"
+    assert "mine.jsonl:2: " in error["message"] and "mine.jsonl:3: broken JSON" in error["message"]
+    assert "2 of 3 rows" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"model": "gpt-4o-mini"}, "model"),
+        ({"training_file": "file-000000000000000000000000"}, "training_file"),
+        ({"training_file": "../../etc/passwd"}, "training_file"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"warmup": 3}}}},
+            "method.supervised.hyperparameters.warmup",
+        ),
+        ({"metadata": {"tunewright_overrides": "data.train_files=[/etc/passwd]"}}, "metadata"),
+        ({"metadata": {"tunewright_overrides": "train.lr=-1"}}, "metadata"),
+    ],
+)
+def test_bad_job_requests_are_refused_with_openai_errors(
+    client, intents_jsonl, tiny_model_dir, change, param
+):
+    uploaded = client.files.create(file=("ok.jsonl", intents_jsonl), purpose="fine-tune")
+    request = {"model": tiny_model_dir.name, "training_file": uploaded.id, **change}
+    before = len(client.fine_tuning.jobs.list(limit=100).data)
+    with pytest.raises((openai.BadRequestError, openai.NotFoundError)) as refused:
+        client.fine_tuning.jobs.create(**request)
+    assert refused.value.body["param"] == param and refused.value.body["message"]
+    assert len(client.fine_tuning.jobs.list(limit=100).data) == before  # nothing written
+
+
+def test_ids_are_never_paths(client, studio):
+    for path in ("/v1/files/..%2F..%2Fstudio.db", "/v1/fine_tuning/jobs/..%2Fstudio.db/events"):
+        answer = httpx.get(studio.url + path, headers={"Authorization": "Bearer studio-test-key"})
+        assert answer.status_code == 404 and "error" in answer.json()
+
+
+def test_a_wrong_key_is_refused_and_health_needs_none(studio):
+    wrong = OpenAI(base_url=studio.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.fine_tuning.jobs.list()
+    with pytest.raises(openai.AuthenticationError):
+        wrong.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+    assert httpx.get(studio.url + "/health").status_code == 200
+
+
+def test_deleting_a_file(client, intents_jsonl):
+    uploaded = client.files.create(
+        file=(
+            "d.jsonl",
+            chat_jsonl(
+                [
+                    {
+                        "messages": [
+                            {"role": "system", "content": SYSTEM},
+                            {"role": "user", "content": "x"},
+                            {"role": "assistant", "content": "y"},
+                        ]
+                    }
+                ]
+            ),
+        ),
+        purpose="fine-tune",
+    )
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
