@@ -11,7 +11,12 @@ import pytest
 from openai import OpenAI
 
 from tests.studio.conftest import FAST, SYSTEM, chat_jsonl
+
+LONG = FAST.replace("train.max_steps=4", "train.max_steps=100000") + " train.epochs=10000"
+from tunewright.errors import TunewrightError
 from tunewright.runs import RunFolder
+from tunewright.studio.server import start_studio
+from tunewright.studio.settings import StudioSettings
 
 
 def wait(client: OpenAI, job_id: str, until=("succeeded", "failed", "cancelled"), timeout=120):
@@ -90,11 +95,12 @@ def test_cancel_stops_a_running_job_within_seconds(client, intents_jsonl, tiny_m
     job = client.fine_tuning.jobs.create(
         model=tiny_model_dir.name,
         training_file=uploaded.id,
-        metadata={
-            "tunewright_overrides": FAST.replace("train.max_steps=4", "train.max_steps=100000")
-        },
+        metadata={"tunewright_overrides": LONG},
     )
-    wait(client, job.id, until=("running",))
+    deadline = time.monotonic() + 60
+    while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id)):
+        assert time.monotonic() < deadline, "the job never reported a training step"
+        time.sleep(0.2)
     started = time.monotonic()
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and time.monotonic() - started < 10
@@ -112,9 +118,7 @@ def test_a_queued_job_is_cancelled_at_once_and_pages_list_newest_first(
         job = client.fine_tuning.jobs.create(
             model=tiny_model_dir.name,
             training_file=uploaded.id,
-            metadata={
-                "tunewright_overrides": FAST.replace("train.max_steps=4", "train.max_steps=100000")
-            },
+            metadata={"tunewright_overrides": LONG},
         )
         ids.append(job.id)
     for job_id in reversed(ids):  # the queued ones first, so the runner never starts them
@@ -206,3 +210,27 @@ def test_deleting_a_file(client, intents_jsonl):
     assert client.files.delete(uploaded.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(uploaded.id)
+
+
+@pytest.mark.slow
+def test_a_failed_job_says_why_and_keeps_its_log(client, studio, intents_jsonl, tiny_model_dir):
+    uploaded = client.files.create(file=("f.jsonl", intents_jsonl), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=tiny_model_dir.name,
+        training_file=uploaded.id,
+        metadata={"tunewright_overrides": FAST + " data.max_seq_len=8"},  # every chat is too long
+    )
+    done = wait(client, job.id)
+    assert done.status == "failed" and done.fine_tuned_model is None
+    assert done.error.code == "training_failed" and "error:" in done.error.message
+    assert "job.log" in done.error.message
+    log = (studio.studio.runs_dir / job.id / "job.log").read_text()
+    assert done.error.message.split(" (exit code")[0] in log
+    events = client.fine_tuning.jobs.list_events(job.id).data
+    assert events[0].level == "error" and events[0].message.startswith("The job failed: ")
+
+
+def test_another_address_needs_an_api_key(tmp_path):
+    with pytest.raises(TunewrightError, match="without an API key"):
+        start_studio(StudioSettings(host="0.0.0.0", port=0, home=tmp_path, model="unused"))
+    assert not (tmp_path / "studio.db").exists()  # refused before anything was written

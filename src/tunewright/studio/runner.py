@@ -123,7 +123,8 @@ class Runner:
                 env={**os.environ, "COLUMNS": "120", "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,  # its own process group: a cancel reaches its children too
             )
-        progress = _Progress()
+        metrics = run_dir / "metrics.jsonl"  # rows from before a restart were reported then
+        progress = _Progress(offset=metrics.stat().st_size if metrics.is_file() else 0)
         while process.poll() is None:
             if self._stop.is_set():
                 _terminate(process)
