@@ -3,6 +3,7 @@ poll it to the end, read its events, then chat with the model it made on the sam
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -36,10 +37,13 @@ def test_upload_train_poll_and_chat_with_the_result(client, studio, intents_json
     assert client.files.content(uploaded.id).content == intents_jsonl
     assert uploaded.id in [f.id for f in client.files.list()]
 
+    held_out = b"".join(intents_jsonl.splitlines(keepends=True)[:8])
+    validation = client.files.create(file=("held_out.jsonl", held_out), purpose="fine-tune")
     base = tiny_model_dir.name
     job = client.fine_tuning.jobs.create(
         model=base,
         training_file=uploaded.id,
+        validation_file=validation.id,
         suffix="intents",
         seed=7,
         method={
@@ -59,7 +63,8 @@ def test_upload_train_poll_and_chat_with_the_result(client, studio, intents_json
     # a studio run is an ordinary run folder
     run = RunFolder(studio.studio.runs_dir / job.id)
     assert run.trained().method == "lora" and (run.path / "job.log").is_file()
-    assert run.config_file.is_file() and (run.path / "eval" / "results.json").is_file()
+    results = json.loads((run.path / "eval" / "results.json").read_text())
+    assert results["n_examples"] == 8  # the validation file is the test set the report scores
 
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert events[0] == "The job has successfully completed"  # newest first
@@ -234,3 +239,26 @@ def test_another_address_needs_an_api_key(tmp_path):
     with pytest.raises(TunewrightError, match="without an API key"):
         start_studio(StudioSettings(host="0.0.0.0", port=0, home=tmp_path, model="unused"))
     assert not (tmp_path / "studio.db").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "content, purpose, expected",
+    [
+        (b'{"messages": []}\n', "assistants", "purpose must be 'fine-tune'"),
+        (
+            b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n',
+            "fine-tune",
+            "u.jsonl:1: invalid UTF-8",
+        ),
+        (b"a,b\n1,2\n", "fine-tune", "u.jsonl:1: broken JSON"),
+        (b"\n\n", "fine-tune", "holds no examples"),
+    ],
+)
+def test_unusable_uploads_are_refused_and_nothing_is_stored(
+    client, studio, content, purpose, expected
+):
+    stored = set((studio.studio.files_dir).iterdir())
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("u.jsonl", content), purpose=purpose)
+    assert expected in refused.value.body["message"]
+    assert set(studio.studio.files_dir.iterdir()) == stored

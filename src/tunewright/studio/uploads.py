@@ -37,7 +37,7 @@ def check_chat_jsonl(content: bytes, filename: str) -> CheckedUpload:
     the rows it is told about rather than training on silently fewer.
     """
     label = _label(filename)
-    collector = Collector(DataConfig(format="messages", clean=[]), strict=False)
+    collector = Collector(DataConfig(format="messages"), strict=False)
     out = Collected()
     info = {"path": label, "format": "messages", "rows": 0}
     rows = 0
