@@ -89,13 +89,15 @@ def test_a_job_killed_with_the_studio_resumes_to_the_same_adapter(
     tmp_path, tiny_model_dir, intents_jsonl
 ):
     process, client = start(tmp_path / "crashed", tiny_model_dir)
-    job = create(client, intents_jsonl, tiny_model_dir)
-    deadline = time.monotonic() + 120
-    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:  # wait for a checkpoint
-        assert time.monotonic() < deadline, client.fine_tuning.jobs.retrieve(job.id)
-        time.sleep(0.2)
-    process.kill()  # kill -9: no cleanup of any kind
-    process.wait()
+    try:
+        job = create(client, intents_jsonl, tiny_model_dir)
+        deadline = time.monotonic() + 120
+        while not client.fine_tuning.jobs.checkpoints.list(job.id).data:  # wait for a checkpoint
+            assert time.monotonic() < deadline, client.fine_tuning.jobs.retrieve(job.id)
+            time.sleep(0.2)
+    finally:
+        process.kill()  # kill -9: no cleanup of any kind
+        process.wait()
     run = tmp_path / "crashed" / "runs" / job.id
     assert not (run / "adapter").exists(), "the job finished before the kill; make it longer"
     time.sleep(0.5)
