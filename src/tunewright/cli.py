@@ -366,6 +366,29 @@ def _register_serve() -> None:
 _register_serve()
 
 
+def studio(**settings):
+    """Run the studio: the fine-tuning jobs API (OpenAI-shaped), its job runner, and the models it
+    trained served on /v1/chat/completions."""
+    from tunewright.studio.server import studio as run_studio
+    from tunewright.studio.settings import StudioSettings
+
+    def go():
+        chosen = StudioSettings(**{**settings, "api_key": settings.get("api_key") or None})
+        run_studio(chosen, console=console)
+
+    _guard(go)
+
+
+def _register_studio() -> None:
+    from tunewright.studio.settings import StudioSettings
+
+    studio.__signature__ = inspect.Signature(_settings_parameters(StudioSettings))
+    app.command()(studio)
+
+
+_register_studio()
+
+
 @app.command()
 def chat(
     source: Annotated[

@@ -1,6 +1,7 @@
 """The engine on its own: stop strings, cancellation, a full queue."""
 
 import queue
+import threading
 
 import pytest
 import torch
@@ -75,5 +76,19 @@ def test_a_failing_forward_fails_its_requests_and_the_engine_goes_on(tiny):
         assert deltas[-1].finish_reason == "error" and "boom" in deltas[-1].error
         _, deltas = run(engine, [1, 2, 3], Sampling(max_tokens=3))
         assert deltas[-1].finish_reason in ("stop", "length")
+    finally:
+        engine.close()
+
+
+def test_call_runs_between_steps_on_the_worker_and_hands_back_result_or_error(tiny):
+    engine = Engine(tiny.model, tiny.tokenizer).start()
+    try:
+        prompt = tiny.tokenizer("I lost my card")["input_ids"]
+        before, _ = run(engine, prompt, Sampling(max_tokens=8))
+        assert engine.call(lambda: threading.current_thread().name) == "tunewright-engine"
+        with pytest.raises(ZeroDivisionError):
+            engine.call(lambda: 1 / 0)
+        after, _ = run(engine, prompt, Sampling(max_tokens=8))  # still serving, unchanged
+        assert after == before
     finally:
         engine.close()

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -141,6 +142,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.adapters = adapters  # True when `model` is a PeftModel serving adapters by name
         self._queue: queue.Queue[Job] = queue.Queue(max_queue)
+        self._calls: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tunewright-engine", daemon=True)
         self._rows: list[_Row] = []
@@ -167,6 +169,16 @@ class Engine:
                 f"{self._queue.maxsize} requests are already waiting; retry shortly"
             ) from None
 
+    def call(self, fn: Callable[[], object], timeout: float | None = 300) -> object:
+        """Run `fn` on the worker thread between two decoding steps and return its result.
+
+        For changes to the model while it serves (the studio loads a newly trained adapter): no
+        forward pass runs while `fn` does, so it may add adapters or replace `self.model`.
+        """
+        done: Future = Future()
+        self._calls.put((fn, done))
+        return done.result(timeout=timeout)
+
     @property
     def load(self) -> dict[str, int]:
         return {"running": len(self._rows), "waiting": self._queue.qsize()}
@@ -175,6 +187,7 @@ class Engine:
     def _run(self) -> None:
         with torch.inference_mode():
             while not self._closed.is_set():
+                self._run_calls()
                 jobs = self._take(block=not self._rows)
                 try:
                     self._step(jobs)
@@ -196,6 +209,14 @@ class Engine:
                     Delta("", "error", error="the server is shutting down")
                 )
 
+    def _run_calls(self) -> None:
+        while not self._calls.empty():
+            fn, done = self._calls.get_nowait()
+            try:
+                done.set_result(fn())
+            except Exception as e:  # the caller gets it; serving goes on
+                done.set_exception(e)
+
     def _take(self, block: bool) -> list[Job]:
         """Waiting jobs that fit in the batch; waits for one when the batch is empty."""
         jobs: list[Job] = []
@@ -205,7 +226,7 @@ class Engine:
                     self._queue.get(timeout=0.1) if block and not jobs else self._queue.get_nowait()
                 )
             except queue.Empty:
-                if block and not jobs and not self._closed.is_set():
+                if block and not jobs and not self._closed.is_set() and self._calls.empty():
                     continue
                 break
             if job.cancelled.is_set():

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunewright.errors import TunewrightError
 from tunewright.hardware import torch_dtype
+from tunewright.inference.engine import Engine
 from tunewright.models import load_model, resolve_model_folder
 from tunewright.runs import ADAPTER_CONFIG, RunFolder, adapter_base_model, read_run_config
 
@@ -126,3 +127,36 @@ def load_models(
             )
     model.eval()
     return ModelSet(model, loaded.tokenizer, served, int(model.config.max_position_embeddings))
+
+
+def add_adapter(
+    models: ModelSet, engine: Engine, name: str, folder: Path, system_prompt: str | None = None
+) -> ServedModel:
+    """Serve one more LoRA adapter on the running server (the studio, when a job succeeds).
+
+    The adapter is loaded on the engine's worker thread between decoding steps (`Engine.call`),
+    so no forward pass sees a half-loaded adapter; a base model served alone is wrapped in a
+    PeftModel on the first one. `models.served` is replaced, not mutated, so a request reading
+    it meanwhile sees the old or the new dict, never one changing under it.
+    """
+    if name in models.served:
+        raise TunewrightError(f"a model named '{name}' is already served")
+    base = next(m for m in models.served.values() if m.adapter is None)
+    if resolve_model_folder(adapter_base_model(folder)) != base.source:
+        raise TunewrightError(f"adapter '{name}' was not trained on the served base model")
+
+    def load() -> None:
+        from peft import PeftModel
+
+        if isinstance(engine.model, PeftModel):
+            engine.model.load_adapter(folder, adapter_name=name)
+        else:
+            engine.model = PeftModel.from_pretrained(engine.model, folder, adapter_name=name)
+            engine.adapters = True
+        engine.model.eval()
+        models.model = engine.model
+
+    engine.call(load)
+    served = ServedModel(name, name, system_prompt, str(folder))
+    models.served = {**models.served, name: served}
+    return served

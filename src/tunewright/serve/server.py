@@ -54,7 +54,7 @@ class RunningServer:
         self.engine.close()
 
 
-def _listen(settings: ServeSettings) -> socket.socket:
+def listen(settings: ServeSettings) -> socket.socket:
     """Bind the socket ourselves, so port 0 works and the chosen port is known before serving."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -93,7 +93,7 @@ def _uvicorn(models: ModelSet, settings: ServeSettings):
 def start_server(models: ModelSet, settings: ServeSettings) -> RunningServer:
     """Serve already-loaded models on a background thread; returns once the server accepts requests."""
     check_bind(settings)
-    sock = _listen(settings)
+    sock = listen(settings)
     server, engine = _uvicorn(models, settings)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="tunewright-http", daemon=True
@@ -118,7 +118,7 @@ def serve(
     """Load `sources` (a model or run folders) and serve them until interrupted."""
     console = console or Console(stderr=True)
     check_bind(settings)  # before the slow model load
-    sock = _listen(settings)
+    sock = listen(settings)
     models = load_models(sources, adapters, precision=settings.precision)
     server, engine = _uvicorn(models, settings)
     host, port = sock.getsockname()[:2]

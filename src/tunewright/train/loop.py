@@ -161,6 +161,7 @@ def fit(run: Training, state: TrainState, console: Console) -> Fitted:
                     lr=lr,
                     grad_norm=grad_norm,
                     tokens_per_second=fitted.tokens_per_second,
+                    planned_steps=run.planned_steps,  # lets a watcher (the studio) give an ETA
                 )
 
             if run.eval_every_steps and state.step % run.eval_every_steps == 0 and run.val_examples:
