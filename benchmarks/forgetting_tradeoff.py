@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import matmul_rates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-REPLAY = "train.general_replay=1000"
+REPLAY = "train.general_replay=200"
 VARIANTS = {
     "none": ["train.general_replay=0"],
     "replay-240": ["train.general_replay=240"],  # each chat once: the earlier default dose
+    "share-5": [REPLAY, "train.general_replay_share=0.05"],
     "share-10": [REPLAY, "train.general_replay_share=0.1"],
     "share-25": [REPLAY, "train.general_replay_share=0.25"],
     "kl-10": [REPLAY, "train.general_replay_share=0.1", "train.general_replay_kl=1.0"],
@@ -57,6 +58,7 @@ def run_variant(recipe: str, variant: str, budget_minutes: float, overrides, out
             f"train.max_minutes={budget_minutes:g}",
             "evaluate.models=[tuned]",
             "evaluate.general_check=true",
+            "evaluate.max_minutes=null",  # every test row, whatever the recipe budgets
             *VARIANTS[variant],
             *overrides,
         ],
@@ -117,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="customer-support")
     parser.add_argument("--budget-minutes", type=float, default=5.0)
-    parser.add_argument("--variants", default="none,share-10,kl-10,share-25")
+    parser.add_argument("--variants", default="none,share-5,share-10")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "forgetting-tradeoff")
     parser.add_argument("overrides", nargs="*", help="Dotted overrides for every variant.")
     args = parser.parse_args()
