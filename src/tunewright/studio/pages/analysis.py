@@ -1,0 +1,2 @@
+def analyse(studio, record):
+    return {}

@@ -1,0 +1,160 @@
+"""The Jobs pages: the queue with status, progress and ETA; one job with its live loss curve
+(server-sent events read from the run's `metrics.jsonl`), tokens/s, events, log tail and cancel.
+
+Progress comes from the same rows the runner turns into API events, read here straight from the
+run folder, so a page and `GET /v1/fine_tuning/jobs/{id}/events` never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from tunewright.serve.app import ApiError
+from tunewright.studio.app import cancel_job, find_job
+from tunewright.studio.runner import LOG_FILE
+from tunewright.studio.state import Studio
+from tunewright.studio.store import ACTIVE, JobRecord, now
+
+LOG_TAIL_BYTES = 16384  # of job.log shown on the job page
+STREAM_POLL_S = 0.5  # how often the event stream looks for new metrics rows
+JOBS_SHOWN = 100
+
+
+def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The complete rows of a metrics.jsonl from byte `offset`, and the offset after them."""
+    if not path.is_file():
+        return [], offset
+    with path.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    complete = chunk[: chunk.rfind(b"\n") + 1]  # a row still being written waits for its newline
+    rows = []
+    for line in complete.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows, offset + len(complete)
+
+
+def progress(job: JobRecord, rows: list[dict]) -> dict:
+    """Step, planned steps, percent, last loss, tokens/s and seconds left, from metrics rows."""
+    train = [r for r in rows if "train_loss" in r]
+    last = train[-1] if train else {}
+    total = last.get("planned_steps")
+    step = last.get("step", 0)
+    percent = 100.0 if job.status == "succeeded" else (100.0 * step / total if total else 0.0)
+    eta = None
+    if job.status == "running" and job.estimated_finish:
+        eta = max(0, job.estimated_finish - now())
+    return {
+        "step": step,
+        "total": total,
+        "percent": round(min(percent, 100.0), 1),
+        "loss": last.get("train_loss"),
+        "tokens_per_second": last.get("tokens_per_second"),
+        "eta_s": eta,
+        "status": job.status,
+    }
+
+
+def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
+    if not path.is_file():
+        return ""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        text = f.read().decode("utf-8", errors="replace")
+    return text.replace("\r", "\n")
+
+
+def add_routes(app: FastAPI, studio: Studio) -> None:
+    @app.get("/jobs", include_in_schema=False)
+    async def jobs_page(request: Request):
+        from tunewright.studio.pages.render import render
+
+        jobs = studio.store.jobs(limit=JOBS_SHOWN)
+        shown = [
+            (job, progress(job, read_metrics(studio.runs_dir / job.id / "metrics.jsonl")[0]))
+            for job in jobs
+        ]
+        files = {f.id: f for f in studio.store.files()}
+        return render(request, "jobs.html", jobs=shown, files=files, active=ACTIVE)
+
+    @app.get("/jobs/{job_id}", include_in_schema=False)
+    async def job_page(request: Request, job_id: str):
+        from tunewright.studio.pages.render import render
+
+        job = find_job(studio, job_id)
+        run_dir = studio.runs_dir / job.id
+        rows, _ = read_metrics(run_dir / "metrics.jsonl")
+        return render(
+            request,
+            "job.html",
+            job=job,
+            progress=progress(job, rows),
+            events=studio.store.events(job.id, limit=30),
+            log=log_tail(run_dir / LOG_FILE),
+            training_file=studio.store.file(job.training_file),
+            has_report=(run_dir / "report.html").is_file(),
+            active=ACTIVE,
+        )
+
+    @app.post("/jobs/{job_id}/cancel", include_in_schema=False)
+    async def cancel(job_id: str):
+        job = find_job(studio, job_id)
+        try:
+            await cancel_job(studio, job)
+        except ApiError:
+            pass  # it finished meanwhile: the page shows how
+        return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+    @app.get("/jobs/{job_id}/stream", include_in_schema=False)
+    async def stream(request: Request, job_id: str):
+        """Server-sent events: `metrics` (new metrics rows), `progress` and `log` until the job
+        has finished, then one `done`."""
+        job = find_job(studio, job_id)
+        run_dir = studio.runs_dir / job.id
+
+        async def events():
+            offset, log_size = 0, -1
+            while True:
+                current = studio.store.job(job.id)
+                rows, offset = await asyncio.to_thread(
+                    read_metrics, run_dir / "metrics.jsonl", offset
+                )
+                if rows:
+                    yield _sse("metrics", rows)
+                yield _sse("progress", progress(current, rows_cache(rows)))
+                log_file = run_dir / LOG_FILE
+                size = log_file.stat().st_size if log_file.is_file() else 0
+                if size != log_size:
+                    log_size = size
+                    yield _sse("log", await asyncio.to_thread(log_tail, log_file))
+                if current.status not in ACTIVE:
+                    yield _sse("done", {"status": current.status})
+                    return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(STREAM_POLL_S)
+
+        latest: list[dict] = []
+
+        def rows_cache(rows: list[dict]) -> list[dict]:
+            # progress needs the newest training row, which may have come in an earlier batch
+            latest[:] = [*latest[-1:], *[r for r in rows if "train_loss" in r]][-1:]
+            return latest
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+
+def _sse(event: str, data) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
