@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.studio.conftest import KEY, chat_jsonl
+from tests.studio.conftest import FAST, KEY, chat_jsonl
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -69,7 +69,12 @@ def test_upload_a_file_and_see_it_checked(browser, studio, intents_jsonl, tmp_pa
     browser.find_element(*_by("#file")).send_keys(str(path))
     browser.find_element(*_by("#upload")).click()
     _wait(browser, lambda d: "/data/file-" in d.current_url)
-    assert "intents.jsonl" in browser.page_source
+    assert browser.find_element(*_by("h1")).text == "intents.jsonl"
+    assert browser.find_element(*_by("#format")).text == "messages"
+    assert browser.find_element(*_by("#quarantined")).text == "0"
+    trained = browser.find_elements(*_by(".tokens .trained"))
+    assert trained and browser.find_elements(*_by(".tokens .masked"))
+    assert browser.find_elements(*_by("#histogram div"))
 
 
 def test_a_bad_upload_names_the_line(browser, studio, tmp_path):
@@ -80,3 +85,26 @@ def test_a_bad_upload_names_the_line(browser, studio, tmp_path):
     browser.find_element(*_by("#upload")).click()
     error = _wait(browser, lambda d: d.find_element(*_by("#upload-error")))
     assert "bad.jsonl:2" in error.text
+
+
+def test_estimate_then_start_a_job_and_watch_it_finish(browser, studio):
+    browser.get(studio.url + "/new")
+    overrides = _wait(browser, lambda d: d.find_element(*_by("#overrides")))
+    docs = [e.text for e in browser.find_elements(*_by("label .doc"))]
+    assert "Peak learning rate." in docs  # train.lr's description in the config schema
+    overrides.send_keys(FAST)
+    browser.find_element(*_by("#suffix")).send_keys("pages")
+    browser.find_element(*_by("#estimate-button")).click()
+    estimate = _wait(browser, lambda d: d.find_element(*_by("#estimate strong")))
+    assert "Dry run" in estimate.text and "tokens/s" in browser.find_element(*_by("#estimate")).text
+    browser.find_element(*_by("#start")).click()  # the overrides were kept across the estimate
+    _wait(browser, lambda d: "/jobs/ftjob-" in d.current_url)
+    _wait(browser, lambda d: d.find_element(*_by("#status .badge")).text == "succeeded")
+    job_id = browser.current_url.rsplit("/", 1)[-1]
+    metrics = (studio.studio.runs_dir / job_id / "metrics.jsonl").read_text().splitlines()
+    logged = str(sum('"train_loss"' in row for row in metrics))
+    _wait(browser, lambda d: d.find_element(*_by("#chart")).get_attribute("data-points") == logged)
+    assert "Fine-tuning job started" in browser.find_element(*_by("#events")).text
+    job = studio.studio.store.job(job_id)
+    assert job.status == "succeeded" and job.suffix == "pages"
+    assert job.request["metadata"]["tunewright_overrides"] == FAST

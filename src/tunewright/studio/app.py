@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -221,8 +222,11 @@ async def cancel_job(studio: Studio, job: JobRecord) -> JobRecord:
     return job
 
 
-def job_run_config(studio: Studio, req: JobCreate, *, job_id: str, seed: int = 0) -> RunConfig:
-    """The run config a create request would run with (the New job page's dry run uses it)."""
+def job_run_config(
+    studio: Studio, req: JobCreate, *, job_id: str, runs_dir: Path, seed: int = 0
+) -> RunConfig:
+    """The run config a create request would run with, in `runs_dir` (the New job page's dry
+    run uses it)."""
     base = studio.base_model(req.model)
     if base is None:
         raise ApiError(404, f"no base model '{req.model}'", param="model", code="model_not_found")
@@ -230,10 +234,12 @@ def job_run_config(studio: Studio, req: JobCreate, *, job_id: str, seed: int = 0
     validation = (
         _job_file(studio, req.validation_file, "validation_file") if req.validation_file else None
     )
-    return _job_config(studio, req, job_id, seed, base.source, training, validation)
+    return _job_config(studio, req, job_id, seed, base.source, training, validation, runs_dir)
 
 
-def _job_config(studio, req, job_id, seed, source, training, validation) -> RunConfig:
+def _job_config(
+    studio, req, job_id, seed, source, training, validation, runs_dir=None
+) -> RunConfig:
     try:
         return job_config(
             req,
@@ -244,7 +250,7 @@ def _job_config(studio, req, job_id, seed, source, training, validation) -> RunC
             validation_path=content_path(studio.files_dir, validation.sha256)
             if validation
             else None,
-            runs_dir=studio.runs_dir,
+            runs_dir=runs_dir or studio.runs_dir,
             recipe=chosen_recipe(req.metadata, studio.settings.recipes_dir),
         )
     except ConfigError as e:
