@@ -108,3 +108,37 @@ def test_estimate_then_start_a_job_and_watch_it_finish(browser, studio):
     job = studio.studio.store.job(job_id)
     assert job.status == "succeeded" and job.suffix == "pages"
     assert job.request["metadata"]["tunewright_overrides"] == FAST
+
+
+def _finished_job(studio):
+    done = [j for j in studio.studio.store.jobs() if j.status == "succeeded"]
+    if not done:
+        pytest.skip("needs the job of test_estimate_then_start_a_job_and_watch_it_finish")
+    return done[0]
+
+
+def test_open_the_report_of_the_finished_job(browser, studio):
+    job = _finished_job(studio)
+    browser.get(f"{studio.url}/jobs/{job.id}")
+    _wait(browser, lambda d: d.find_element(*_by("#open-report"))).click()
+    verdict = _wait(browser, lambda d: d.find_element(*_by("#verdict")))
+    assert verdict.text.strip()
+    titles = [e.text for e in browser.find_elements(*_by(".report-body h2"))]
+    assert titles[0] == "Metrics" and "Training" in titles
+
+
+def test_compare_streams_both_answers(browser, studio):
+    job = _finished_job(studio)
+    browser.get(f"{studio.url}/compare?b={job.fine_tuned_model}")
+    _wait(browser, lambda d: d.find_element(*_by("#prompt"))).send_keys("my card was stolen")
+    browser.find_element(*_by("#max-tokens")).clear()
+    browser.find_element(*_by("#max-tokens")).send_keys("6")
+    browser.find_element(*_by("#send")).click()
+    for side in "ab":
+        _wait(
+            browser,
+            lambda d: d.find_element(*_by(f"#answer-{side}")).get_attribute("data-done") == "true",
+        )
+    a, b = (browser.find_element(*_by(f"#answer-{s}")) for s in "ab")
+    assert "error" not in a.get_attribute("class") and "error" not in b.get_attribute("class")
+    assert a.text and b.text and a.text != "The answer appears here."
