@@ -1,11 +1,13 @@
 """The web app in a real browser: Debian's headless Chromium driven by Selenium, against a studio
-on the tiny test model. One journey: sign in, upload a file, start a job, watch it finish on its
-page, open the report, compare two models' answers, and reach the export page."""
+on the tiny test model, in the order a user goes: sign in, upload a file, estimate and start a
+job, watch it finish on its page, open its report, compare two models' streamed answers, export
+the adapter and download it. Each test continues where the one before left off."""
 
 from __future__ import annotations
 
 import shutil
 
+import httpx
 import pytest
 
 from tests.studio.conftest import FAST, KEY, chat_jsonl
@@ -37,9 +39,17 @@ def browser():
 
 
 def _wait(driver, condition, timeout=WAIT_S):
+    """Poll `condition(driver)` until it is truthy; an element that is not there yet, or was
+    replaced by a page refresh between finding and reading it, counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.2,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition)
 
 
 def _by(css):
@@ -142,3 +152,16 @@ def test_compare_streams_both_answers(browser, studio):
     a, b = (browser.find_element(*_by(f"#answer-{s}")) for s in "ab")
     assert "error" not in a.get_attribute("class") and "error" not in b.get_attribute("class")
     assert a.text and b.text and a.text != "The answer appears here."
+
+
+def test_export_the_adapter_with_parity_and_download_it(browser, studio):
+    job = _finished_job(studio)
+    browser.get(f"{studio.url}/export/{job.id}")
+    _wait(browser, lambda d: d.find_element(*_by("#export"))).click()  # adapter is preselected
+    badge = 'tr[data-artifact="adapter"] .badge'
+    _wait(browser, lambda d: d.find_element(*_by(badge)).text == "passed")
+    link = browser.find_element(*_by('a.download[href$="/adapter/adapter_config.json"]'))
+    # the browser's cookie is HttpOnly: fetch the link as a client with the key would
+    got = httpx.get(link.get_attribute("href"), headers={"Authorization": f"Bearer {KEY}"})
+    exported = studio.studio.runs_dir / job.id / "export" / "adapter" / "adapter_config.json"
+    assert got.status_code == 200 and got.content == exported.read_bytes()

@@ -36,17 +36,23 @@ def add_pages(app: FastAPI, studio: Studio) -> None:
 
     @app.get(LOGIN, include_in_schema=False)
     async def login_form(request: Request, next: str = "/jobs"):
-        return render(request, "login.html", next=_local(next), error=None)
+        return render(request, "login.html", next=local_path(next), error=None)
 
     @app.post(LOGIN, include_in_schema=False)
     async def login(
         request: Request, key_given: str = Form("", alias="key"), next: str = Form("/jobs")
     ):
-        if not key or not valid_key(key_given, key):
+        if not key:  # nothing to sign in to
+            return RedirectResponse(local_path(next), status_code=303)
+        if not valid_key(key_given, key):
             return render(
-                request, "login.html", status=401, next=_local(next), error="That is not the key."
+                request,
+                "login.html",
+                status=401,
+                next=local_path(next),
+                error="That is not the key.",
             )
-        response = RedirectResponse(_local(next), status_code=303)
+        response = RedirectResponse(local_path(next), status_code=303)
         response.set_cookie(COOKIE, key_given, httponly=True, samesite="strict")
         return response
 
@@ -54,9 +60,10 @@ def add_pages(app: FastAPI, studio: Studio) -> None:
         module.add_routes(app, studio)
 
 
-def _local(target: str) -> str:
+def local_path(target: str) -> str:
     """Only a path on this server is a place to go after signing in (no open redirect)."""
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    # browsers read a backslash as a slash: "/\evil.example" would leave the site
+    if parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] in ("/", "\\"):
         return "/jobs"
     return target

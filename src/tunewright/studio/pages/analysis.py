@@ -27,6 +27,7 @@ from tunewright.studio.uploads import content_path
 CHATS_SHOWN = 3
 QUARANTINE_SHOWN = 50
 LISTED = 20  # duplicate clusters and leaks listed
+ANALYSIS_DIR = "analysis"  # under the studio home: one prepared folder per analysed content
 _preparing = threading.Lock()  # one preparation at a time: it uses both cores while it runs
 
 
@@ -42,10 +43,6 @@ class Analysis:
     histogram: list[dict] = field(default_factory=list)  # {low, high, count, percent}
 
 
-def analysis_dir(studio: Studio, record: FileRecord) -> Path:
-    return studio.settings.home_dir / "analysis"
-
-
 def analyse(studio: Studio, record: FileRecord) -> Analysis:
     """Prepare the file (once per content) and read what the data stage found."""
     base_name = studio.base_names()[0]
@@ -56,7 +53,7 @@ def analyse(studio: Studio, record: FileRecord) -> Analysis:
         model_source=studio.base_model(base_name).source,
         training_path=content_path(studio.files_dir, record.sha256),
         validation_path=None,
-        runs_dir=analysis_dir(studio, record),
+        runs_dir=studio.settings.home_dir / ANALYSIS_DIR,
     )
     with _preparing:
         if not RunFolder(cfg.run_dir).has_prepared_data():

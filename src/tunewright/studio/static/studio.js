@@ -52,7 +52,10 @@ function drawLoss(svg, train, valid) {
     if (pts.length === 0) return;
     const d = pts.map((p, k) => (k ? "L" : "M") + x(p[0]).toFixed(1) + " " + y(p[1]).toFixed(1)).join(" ");
     svg.appendChild(svgEl("path", { d: d, class: cls }));
-    if (pts.length === 1) svg.appendChild(svgEl("circle", { cx: x(pts[0][0]), cy: y(pts[0][1]), r: 3, class: cls }));
+    // validation losses are sparse, and a single training point has no line: mark them
+    if (cls === "valid" || pts.length === 1) {
+      for (const p of pts) svg.appendChild(svgEl("circle", { cx: x(p[0]), cy: y(p[1]), r: 3.5, class: cls }));
+    }
   };
   line(train, "train");
   line(valid, "valid");
@@ -129,10 +132,19 @@ async function streamAnswer(model, prompt, out, maxTokens) {
       buffer = buffer.slice(cut + 2);
       const data = event.replace(/^data: ?/, "");
       if (data === "[DONE]") continue;
+      let chunk;
       try {
-        const delta = JSON.parse(data).choices[0].delta;
-        if (delta && delta.content) out.textContent += delta.content;
-      } catch (err) { /* a keep-alive or partial line */ }
+        chunk = JSON.parse(data);
+      } catch (err) {
+        continue; // not an event this page reads
+      }
+      if (chunk.error) {
+        out.textContent += (out.textContent ? "\n" : "") + chunk.error.message;
+        out.classList.add("error");
+        continue;
+      }
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      if (delta && delta.content) out.textContent += delta.content;
     }
   }
   if (out.textContent === "") out.textContent = "(an empty answer)";
@@ -147,7 +159,12 @@ function setupCompare() {
     const maxTokens = Number(document.getElementById("max-tokens").value) || 64;
     for (const side of ["a", "b"]) {
       const model = document.getElementById("model-" + side).value;
-      streamAnswer(model, prompt, document.getElementById("answer-" + side), maxTokens);
+      const out = document.getElementById("answer-" + side);
+      streamAnswer(model, prompt, out, maxTokens).catch((err) => {
+        out.textContent = String(err);
+        out.classList.add("error");
+        out.dataset.done = "true";
+      });
     }
   });
 }
