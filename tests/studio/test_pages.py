@@ -144,11 +144,10 @@ def test_compare_streams_both_answers(browser, studio):
     browser.find_element(*_by("#max-tokens")).clear()
     browser.find_element(*_by("#max-tokens")).send_keys("6")
     browser.find_element(*_by("#send")).click()
-    for side in "ab":
-        _wait(
-            browser,
-            lambda d: d.find_element(*_by(f"#answer-{side}")).get_attribute("data-done") == "true",
-        )
+    both_done = (
+        "return [...document.querySelectorAll('.answer')].every(a => a.dataset.done === 'true')"
+    )
+    _wait(browser, lambda d: d.execute_script(both_done))
     a, b = (browser.find_element(*_by(f"#answer-{s}")) for s in "ab")
     assert "error" not in a.get_attribute("class") and "error" not in b.get_attribute("class")
     assert a.text and b.text and a.text != "The answer appears here."

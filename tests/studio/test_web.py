@@ -1,7 +1,7 @@
 """The web app without a browser: the key rules for pages (sign-in cookie, redirect, the API's
 JSON 401 unchanged), cross-site form posts refused, downloads limited to a published export's own
 files, the Data page naming quarantined rows by upload name and line, the New job form built from
-the config schema, and jobs starting from a shipped recipe."""
+the config schema, jobs starting from a shipped recipe, and the Cancel button."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.studio.conftest import KEY, chat_jsonl
+from tests.studio.conftest import FAST, KEY, chat_jsonl
 from tunewright.config import load_config
 from tunewright.errors import ConfigError
 from tunewright.studio.pages import local_path
@@ -208,3 +208,23 @@ def test_the_api_refuses_an_unknown_recipe(client, intents_jsonl):
             training_file=uploaded.id,
             metadata={RECIPE_KEY: "nope"},
         )
+
+
+def test_the_cancel_button_stops_a_job(client, studio, intents_jsonl):
+    uploaded = client.files.create(file=("intents.jsonl", intents_jsonl), purpose="fine-tune")
+    endless = FAST.replace("train.max_steps=4", "train.max_steps=100000") + " train.epochs=10000"
+    job = client.fine_tuning.jobs.create(
+        model=client.models.list().data[0].id,
+        training_file=uploaded.id,
+        metadata={"tunewright_overrides": endless},
+    )
+    pressed = httpx.post(
+        f"{studio.url}/jobs/{job.id}/cancel",
+        headers={**AUTH, "Origin": studio.url},
+        follow_redirects=False,
+        timeout=30,
+    )
+    assert pressed.status_code == 303 and pressed.headers["location"] == f"/jobs/{job.id}"
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    page = httpx.get(f"{studio.url}/jobs/{job.id}", headers=AUTH).text
+    assert 'data-status="cancelled"' in page and 'id="cancel"' not in page

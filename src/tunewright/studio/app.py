@@ -159,22 +159,11 @@ def add_file(studio: Studio, content: bytes, filename: str) -> FileRecord:
 def add_job(studio: Studio, req: JobCreate) -> JobRecord:
     """Validate a create request against this studio, write the run's config.yaml and queue the
     job; raises ApiError (400/404) naming the bad field."""
-    base = studio.base_model(req.model)
-    if base is None:
-        raise ApiError(
-            404,
-            f"the model '{req.model}' is not a base model of this studio; it fine-tunes "
-            f"{', '.join(studio.base_names())}",
-            param="model",
-            code="model_not_found",
-        )
-    training = _job_file(studio, req.training_file, "training_file")
-    validation = (
-        _job_file(studio, req.validation_file, "validation_file") if req.validation_file else None
-    )
     job_id = new_id("ftjob")
     seed = req.seed if req.seed is not None else random.randrange(2**31)
-    cfg = _job_config(studio, req, job_id, seed, base.source, training, validation)
+    cfg = job_run_config(studio, req, job_id=job_id, runs_dir=studio.runs_dir, seed=seed)
+    training = studio.store.file(req.training_file)
+    validation = studio.store.file(req.validation_file) if req.validation_file else None
     request_record = {
         "hyperparameters": resolved_hyperparameters(cfg, req),
         "metadata": req.metadata,
@@ -225,32 +214,33 @@ async def cancel_job(studio: Studio, job: JobRecord) -> JobRecord:
 def job_run_config(
     studio: Studio, req: JobCreate, *, job_id: str, runs_dir: Path, seed: int = 0
 ) -> RunConfig:
-    """The run config a create request would run with, in `runs_dir` (the New job page's dry
-    run uses it)."""
+    """The run config of a create request, its run folder in `runs_dir` (jobs: the studio's
+    runs/; the New job page's dry run: a scratch folder); raises ApiError (400/404) naming the
+    bad field."""
     base = studio.base_model(req.model)
     if base is None:
-        raise ApiError(404, f"no base model '{req.model}'", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model '{req.model}' is not a base model of this studio; it fine-tunes "
+            f"{', '.join(studio.base_names())}",
+            param="model",
+            code="model_not_found",
+        )
     training = _job_file(studio, req.training_file, "training_file")
     validation = (
         _job_file(studio, req.validation_file, "validation_file") if req.validation_file else None
     )
-    return _job_config(studio, req, job_id, seed, base.source, training, validation, runs_dir)
-
-
-def _job_config(
-    studio, req, job_id, seed, source, training, validation, runs_dir=None
-) -> RunConfig:
     try:
         return job_config(
             req,
             job_id=job_id,
             seed=seed,
-            model_source=source,
+            model_source=base.source,
             training_path=content_path(studio.files_dir, training.sha256),
             validation_path=content_path(studio.files_dir, validation.sha256)
             if validation
             else None,
-            runs_dir=runs_dir or studio.runs_dir,
+            runs_dir=runs_dir,
             recipe=chosen_recipe(req.metadata, studio.settings.recipes_dir),
         )
     except ConfigError as e:

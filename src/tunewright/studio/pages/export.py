@@ -106,13 +106,13 @@ def artifacts(run_dir: Path) -> list[dict]:
 def add_routes(app: FastAPI, studio: Studio) -> None:
     exports = _Exports()
 
-    def finished(job_id: str) -> tuple[JobRecord, Path]:
+    def job_and_run(job_id: str) -> tuple[JobRecord, Path]:
         job = find_job(studio, job_id)
         return job, studio.runs_dir / job.id
 
     @app.get("/export/{job_id}", include_in_schema=False)
     async def export_page(request: Request, job_id: str):
-        job, run_dir = finished(job_id)
+        job, run_dir = job_and_run(job_id)
         return render(
             request,
             "export.html",
@@ -129,19 +129,22 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     async def start_export(
         job_id: str, formats: list[str] = Form(default=[]), quant: str = Form("q8_0")
     ):
-        job, run_dir = finished(job_id)
-        if job.status != "succeeded":
-            raise ApiError(400, f"the job has not succeeded ({job.status}): nothing to export")
+        job, run_dir = job_and_run(job_id)
         chosen = [f for f in FORMATS if f in formats]
-        if not chosen or quant not in QUANTS:
-            raise ApiError(400, f"choose formats from {FORMATS} and a quantisation from {QUANTS}")
-        if not exports.start(run_dir, job.id, chosen, [quant] if "gguf" in chosen else []):
-            exports.errors[job.id] = "another export is running: try again when it is done"
+        refused = None  # shown on the page it redirects to
+        if job.status != "succeeded":
+            refused = f"the job has not succeeded ({job.status}): there is nothing to export"
+        elif not chosen or quant not in QUANTS:
+            refused = f"choose at least one of {', '.join(FORMATS)} (GGUF: {', '.join(QUANTS)})"
+        elif not exports.start(run_dir, job.id, chosen, [quant] if "gguf" in chosen else []):
+            refused = "another export is running: try again when it is done"
+        if refused:
+            exports.errors[job.id] = refused
         return RedirectResponse(f"/export/{job.id}", status_code=303)
 
     @app.get("/export/{job_id}/files/{artifact}/{name:path}", include_in_schema=False)
     async def download(job_id: str, artifact: str, name: str):
-        _, run_dir = finished(job_id)
+        _, run_dir = job_and_run(job_id)
         path = artifact_files(run_dir, artifact).get(name)
         if path is None:
             raise ApiError(404, f"no file '{name}' in the {artifact} export", code="not_found")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from tunewright.serve.app import ApiError
 from tunewright.studio.app import cancel_job, find_job
+from tunewright.studio.pages.render import render
 from tunewright.studio.runner import LOG_FILE
 from tunewright.studio.state import Studio
 from tunewright.studio.store import ACTIVE, JobRecord, now
@@ -75,8 +77,6 @@ def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
 def add_routes(app: FastAPI, studio: Studio) -> None:
     @app.get("/jobs", include_in_schema=False)
     async def jobs_page(request: Request):
-        from tunewright.studio.pages.render import render
-
         jobs = studio.store.jobs(limit=JOBS_SHOWN)
         shown = [
             (job, progress(job, read_metrics(studio.runs_dir / job.id / "metrics.jsonl")[0]))
@@ -87,8 +87,6 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.get("/jobs/{job_id}", include_in_schema=False)
     async def job_page(request: Request, job_id: str):
-        from tunewright.studio.pages.render import render
-
         job = find_job(studio, job_id)
         run_dir = studio.runs_dir / job.id
         rows, _ = read_metrics(run_dir / "metrics.jsonl")
@@ -157,4 +155,16 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
 
 
 def _sse(event: str, data) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+    return f"event: {event}\ndata: {json.dumps(_finite(data))}\n\n"
+
+
+def _finite(value):
+    """Non-finite floats (a diverged loss) as null: JSON has no NaN, and the browser's parser
+    would reject the whole event."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

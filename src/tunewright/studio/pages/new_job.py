@@ -196,14 +196,15 @@ def dry_run(studio: Studio, req: JobCreate) -> dict:
     with _estimating:
         try:
             dataset = load_or_prepare(cfg, console=quiet)
+            train_examples = dataset.summary["splits"]["train"]
             result = train(cfg, dataset, console=quiet, dry_run_steps=ESTIMATE_STEPS)
         finally:
-            shutil.rmtree(cfg.run_dir, ignore_errors=True)
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)  # a scratch folder, not a run
     return {
         "tokens_per_second": result.tokens_per_second,
         "peak_memory_mb": result.peak_memory_mb,
         "planned_steps": result.planned_steps,
         "eta_seconds": result.eta_seconds,
         "precision": result.precision,
-        "train_examples": dataset.summary["splits"]["train"],
+        "train_examples": train_examples,
     }

@@ -70,8 +70,15 @@ function watchJob(jobId, live) {
   const source = new EventSource("/jobs/" + jobId + "/stream");
   source.addEventListener("metrics", (e) => {
     for (const row of JSON.parse(e.data)) {
-      if (row.train_loss !== undefined) train.push([row.step, row.train_loss]);
-      if (row.val_loss !== undefined) valid.push([row.step, row.val_loss]);
+      // a resumed job logs again from its checkpoint's step: the new rows replace the old
+      if (row.train_loss !== undefined) {
+        while (train.length && train[train.length - 1][0] >= row.step) train.pop();
+        if (row.train_loss !== null) train.push([row.step, row.train_loss]);
+      }
+      if (row.val_loss !== undefined) {
+        while (valid.length && valid[valid.length - 1][0] >= row.step) valid.pop();
+        if (row.val_loss !== null) valid.push([row.step, row.val_loss]);
+      }
     }
     drawLoss(svg, train, valid);
   });
@@ -147,7 +154,7 @@ async function streamAnswer(model, prompt, out, maxTokens) {
       if (delta && delta.content) out.textContent += delta.content;
     }
   }
-  if (out.textContent === "") out.textContent = "(an empty answer)";
+  if (out.textContent.trim() === "") out.textContent = "(no visible answer)";
   out.dataset.done = "true";
 }
 
