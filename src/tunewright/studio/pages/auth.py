@@ -21,13 +21,13 @@ from fastapi.responses import PlainTextResponse, RedirectResponse
 
 COOKIE = "tunewright_key"
 LOGIN = "/login"
-# Paths served without a key: the sign-in form itself and the stylesheet and script it uses.
-PUBLIC_PREFIXES = (LOGIN, "/static/")
+# Served without a key: the sign-in form itself, and the stylesheet and script it uses.
+STATIC_PREFIX = "/static/"
 
 
 def is_public(path: str) -> bool:
     """Served without the API key (serve's `/health` too)."""
-    return path == "/health" or path.startswith(PUBLIC_PREFIXES)
+    return path in ("/health", LOGIN) or path.startswith(STATIC_PREFIX)
 
 
 def valid_key(given: str | None, key: str) -> bool:

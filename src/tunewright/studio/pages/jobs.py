@@ -17,7 +17,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from tunewright.serve.app import ApiError
 from tunewright.studio.app import cancel_job, find_job
-from tunewright.studio.pages.render import render
+from tunewright.studio.pages.render import render, when
 from tunewright.studio.runner import LOG_FILE
 from tunewright.studio.state import Studio
 from tunewright.studio.store import ACTIVE, JobRecord, now
@@ -25,6 +25,7 @@ from tunewright.studio.store import ACTIVE, JobRecord, now
 LOG_TAIL_BYTES = 16384  # of job.log shown on the job page
 STREAM_POLL_S = 0.5  # how often the event stream looks for new metrics rows
 JOBS_SHOWN = 100
+EVENTS_SHOWN = 30  # newest job events on the job page
 
 
 def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict], int]:
@@ -34,6 +35,12 @@ def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict], int]:
     with path.open("rb") as f:
         f.seek(offset)
         chunk = f.read()
+    rows, used = _parse_rows(chunk)
+    return rows, offset + used
+
+
+def _parse_rows(chunk: bytes) -> tuple[list[dict], int]:
+    """The JSON rows of the complete lines in `chunk`, and how many bytes those lines take."""
     complete = chunk[: chunk.rfind(b"\n") + 1]  # a row still being written waits for its newline
     rows = []
     for line in complete.splitlines():
@@ -41,7 +48,22 @@ def read_metrics(path: Path, offset: int = 0) -> tuple[list[dict], int]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    return rows, offset + len(complete)
+    return rows, len(complete)
+
+
+def last_rows(path: Path, size: int = 8192) -> list[dict]:
+    """The metrics rows in the last `size` bytes of a metrics.jsonl: enough for the newest
+    training row, without reading a long run's whole file for each job listed."""
+    if not path.is_file():
+        return []
+    start = max(0, path.stat().st_size - size)
+    with path.open("rb") as f:
+        f.seek(start)
+        chunk = f.read()
+    if start:
+        chunk = chunk[chunk.find(b"\n") + 1 :]  # the first line is cut
+    rows, _ = _parse_rows(chunk)
+    return rows
 
 
 def progress(job: JobRecord, rows: list[dict]) -> dict:
@@ -79,7 +101,7 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     async def jobs_page(request: Request):
         jobs = studio.store.jobs(limit=JOBS_SHOWN)
         shown = [
-            (job, progress(job, read_metrics(studio.runs_dir / job.id / "metrics.jsonl")[0]))
+            (job, progress(job, last_rows(studio.runs_dir / job.id / "metrics.jsonl")))
             for job in jobs
         ]
         files = {f.id: f for f in studio.store.files()}
@@ -89,16 +111,15 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     async def job_page(request: Request, job_id: str):
         job = find_job(studio, job_id)
         run_dir = studio.runs_dir / job.id
-        rows, _ = read_metrics(run_dir / "metrics.jsonl")
+        rows = last_rows(run_dir / "metrics.jsonl")
         return render(
             request,
             "job.html",
             job=job,
             progress=progress(job, rows),
-            events=studio.store.events(job.id, limit=30),
+            events=studio.store.events(job.id, limit=EVENTS_SHOWN),
             log=log_tail(run_dir / LOG_FILE),
             training_file=studio.store.file(job.training_file),
-            has_report=(run_dir / "report.html").is_file(),
             active=ACTIVE,
         )
 
@@ -113,45 +134,45 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.get("/jobs/{job_id}/stream", include_in_schema=False)
     async def stream(request: Request, job_id: str):
-        """Server-sent events: `metrics` (new metrics rows), `progress` and `log` until the job
-        has finished, then one `done`."""
+        """Server-sent events until the job has finished: `metrics` (new metrics.jsonl rows),
+        `progress`, `events` (the newest job events, when there are new ones) and `log` (the
+        log's tail, when it grew); then one `done`."""
         job = find_job(studio, job_id)
-        run_dir = studio.runs_dir / job.id
-
-        async def events():
-            offset, log_size = 0, -1
-            while True:
-                current = studio.store.job(job.id)
-                rows, offset = await asyncio.to_thread(
-                    read_metrics, run_dir / "metrics.jsonl", offset
-                )
-                if rows:
-                    yield _sse("metrics", rows)
-                yield _sse("progress", progress(current, rows_cache(rows)))
-                log_file = run_dir / LOG_FILE
-                size = log_file.stat().st_size if log_file.is_file() else 0
-                if size != log_size:
-                    log_size = size
-                    yield _sse("log", await asyncio.to_thread(log_tail, log_file))
-                if current.status not in ACTIVE:
-                    yield _sse("done", {"status": current.status})
-                    return
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(STREAM_POLL_S)
-
-        latest: list[dict] = []
-
-        def rows_cache(rows: list[dict]) -> list[dict]:
-            # progress needs the newest training row, which may have come in an earlier batch
-            latest[:] = [*latest[-1:], *[r for r in rows if "train_loss" in r]][-1:]
-            return latest
-
         return StreamingResponse(
-            events(),
+            _follow(studio, job.id, request),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+async def _follow(studio: Studio, job_id: str, request: Request):
+    run_dir = studio.runs_dir / job_id
+    offset, log_size, newest_event = 0, -1, None
+    last_train: list[dict] = []  # the newest training row: progress needs it every time
+    while True:
+        job = studio.store.job(job_id)
+        rows, offset = await asyncio.to_thread(read_metrics, run_dir / "metrics.jsonl", offset)
+        if rows:
+            yield _sse("metrics", rows)
+            last_train = [r for r in rows if "train_loss" in r][-1:] or last_train
+        yield _sse("progress", progress(job, last_train))
+        events = studio.store.events(job_id, limit=EVENTS_SHOWN)
+        if events and events[0]["id"] != newest_event:
+            newest_event = events[0]["id"]
+            yield _sse(
+                "events", [{"when": when(e["created_at"]), "message": e["message"]} for e in events]
+            )
+        log_file = run_dir / LOG_FILE
+        size = log_file.stat().st_size if log_file.is_file() else 0
+        if size != log_size:
+            log_size = size
+            yield _sse("log", await asyncio.to_thread(log_tail, log_file))
+        if job.status not in ACTIVE:
+            yield _sse("done", {"status": job.status})
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(STREAM_POLL_S)
 
 
 def _sse(event: str, data) -> str:

@@ -20,7 +20,8 @@ _env = Environment(
 )
 
 
-def _when(ts: int | None) -> str:
+def when(ts: int | None) -> str:
+    """A unix time as the studio shows it: local date and minute."""
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "—"
 
 
@@ -45,7 +46,7 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-_env.filters.update(when=_when, size=_size, duration=_duration)
+_env.filters.update(when=when, size=_size, duration=_duration)
 
 
 def render(request: Request, template: str, *, status: int = 200, **context) -> HTMLResponse:

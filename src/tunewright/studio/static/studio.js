@@ -91,6 +91,20 @@ function watchJob(jobId, live) {
     const bar = document.querySelector("#bar .progress > div");
     if (bar) bar.style.width = p.percent + "%";
   });
+  source.addEventListener("events", (e) => {
+    const rows = JSON.parse(e.data).map((ev) => {
+      const tr = document.createElement("tr");
+      const when = document.createElement("td");
+      when.className = "muted";
+      when.style.whiteSpace = "nowrap";
+      when.textContent = ev.when;
+      const message = document.createElement("td");
+      message.textContent = ev.message;
+      tr.append(when, message);
+      return tr;
+    });
+    document.getElementById("events").replaceChildren(...rows);
+  });
   source.addEventListener("log", (e) => {
     const log = document.getElementById("log");
     const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
