@@ -129,7 +129,17 @@ def test_the_data_page_names_quarantined_rows_by_upload_name_and_line(studio, in
             }
         ]
     )
-    content = b"".join(rows[:2]) + too_long + b"".join(rows[2:])
+    with_email = chat_jsonl(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "write to jane.doe@example.com about my card"},
+                    {"role": "assistant", "content": "card_arrival"},
+                ]
+            }
+        ]
+    )
+    content = b"".join(rows[:2]) + too_long + b"".join(rows[2:]) + with_email
     uploaded = httpx.post(
         f"{studio.url}/v1/files",
         headers=AUTH,
@@ -141,6 +151,7 @@ def test_the_data_page_names_quarantined_rows_by_upload_name_and_line(studio, in
     assert page.status_code == 200
     assert 'id="quarantined">1<' in page.text
     assert "long.jsonl:3" in page.text  # the upload's name, not the stored file's hash
+    assert "EMAIL 1<" in page.text  # found by the data stage's PII detector, though not redacted
     assert hashlib.sha256(content).hexdigest() not in page.text
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from markupsafe import Markup, escape
 from rich.console import Console
 
 from tunewright.data.inspect import inspect_examples, render_tokens
+from tunewright.data.pii import PiiRedactor
 from tunewright.data.prepare import prepare
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.runs import RunFolder, open_prepared
@@ -26,6 +28,7 @@ from tunewright.studio.uploads import content_path
 
 CHATS_SHOWN = 3
 QUARANTINE_SHOWN = 50
+PII_SCANNED = 50_000  # examples scanned for PII (the data stage only counts what it redacts)
 LISTED = 20  # duplicate clusters and leaks listed
 ANALYSIS_DIR = "analysis"  # under the studio home: one prepared folder per analysed content
 _preparing = threading.Lock()  # one preparation at a time: it uses both cores while it runs
@@ -40,6 +43,8 @@ class Analysis:
     eos_token: str | None = None
     eos_ok: bool = True
     eos_checked: int = 0
+    pii_found: dict[str, int] = field(default_factory=dict)  # PII type -> occurrences
+    pii_scanned: int = 0  # examples scanned for PII
     histogram: list[dict] = field(default_factory=list)  # {low, high, count, percent}
 
 
@@ -76,6 +81,9 @@ def analyse(studio: Studio, record: FileRecord) -> Analysis:
         report.eos_token,
         report.eos_ok,
         report.checked,
+    )
+    analysis.pii_found, analysis.pii_scanned = pii_counts(
+        [e for split in ("train", "val", "test") for e in dataset.split(split)][:PII_SCANNED]
     )
     for example in train[:CHATS_SHOWN]:
         encoded = chat.encode_example(example)
@@ -171,3 +179,15 @@ def _read_jsonl(path: Path, limit: int) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def pii_counts(examples: list) -> tuple[dict[str, int], int]:
+    """PII in the examples' texts by type, found by the data stage's detector (every built-in
+    type): what `data.pii_redact` would replace if it were on."""
+    detector = PiiRedactor()
+    found: Counter[str] = Counter()
+    for example in examples:
+        texts = [m.content for m in example.messages] or [example.text or ""]
+        for text in texts:
+            found.update(match.kind for match in detector.find(text))
+    return dict(found.most_common()), len(examples)
