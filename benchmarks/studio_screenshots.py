@@ -127,12 +127,12 @@ def main() -> None:
             },
         ).json()
         job_id = job["id"]
-        done = wait_until(
-            lambda: (
-                (j := api.get(f"/v1/fine_tuning/jobs/{job_id}").json())["status"] in FINISHED and j
-            ),
-            "the job to finish",
-        )
+
+        def finished() -> dict | None:
+            current = api.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            return current if current["status"] in FINISHED else None
+
+        done = wait_until(finished, "the job to finish")
         if done["status"] != "succeeded":
             sys.exit(f"the job {done['status']}: {done.get('error')}")
         # export through the page, as a user would; GGUF of a random tiny model may miss its
