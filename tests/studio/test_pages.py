@@ -69,7 +69,7 @@ def test_pages_need_the_key_and_sign_in_sets_it(browser, studio):
     browser.find_element(*_by("#key")).send_keys(KEY)
     browser.find_element(*_by("form button")).click()
     _wait(browser, lambda d: d.current_url.endswith("/jobs"))
-    assert browser.find_element(*_by("h1")).text == "Jobs"
+    _wait(browser, lambda d: d.find_element(*_by("h1")).text == "Jobs")
 
 
 def test_upload_a_file_and_see_it_checked(browser, studio, intents_jsonl, tmp_path):
@@ -79,7 +79,7 @@ def test_upload_a_file_and_see_it_checked(browser, studio, intents_jsonl, tmp_pa
     browser.find_element(*_by("#file")).send_keys(str(path))
     browser.find_element(*_by("#upload")).click()
     _wait(browser, lambda d: "/data/file-" in d.current_url)
-    assert browser.find_element(*_by("h1")).text == "intents.jsonl"
+    _wait(browser, lambda d: d.find_element(*_by("h1")).text == "intents.jsonl")
     assert browser.find_element(*_by("#format")).text == "messages"
     assert browser.find_element(*_by("#quarantined")).text == "0"
     trained = browser.find_elements(*_by(".tokens .trained"))
