@@ -135,6 +135,9 @@ def test_open_the_report_of_the_finished_job(browser, studio):
     assert verdict.text.strip()
     titles = [e.text for e in browser.find_elements(*_by(".report-body h2"))]
     assert titles[0] == "Metrics" and "Training" in titles
+    raw = browser.find_element(*_by("#report-file")).get_attribute("href")
+    got = httpx.get(raw, headers={"Authorization": f"Bearer {KEY}"})
+    assert got.content == (studio.studio.runs_dir / job.id / "report.html").read_bytes()
 
 
 def test_compare_streams_both_answers(browser, studio):

@@ -16,9 +16,11 @@ import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse
 from markupsafe import Markup
 
 from tunewright.runs import RunFolder
+from tunewright.serve.app import ApiError
 from tunewright.studio.app import find_job
 from tunewright.studio.pages.render import render
 from tunewright.studio.state import Studio
@@ -87,6 +89,14 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
             sections=sections,
             tiles=headline(_read_json(RunFolder(run_dir).eval_dir / "results.json")),
         )
+
+    @app.get("/report/{job_id}/report.html", include_in_schema=False)
+    async def report_file(job_id: str):
+        """The run's report.html itself, to save or mail (self-contained, no scripts)."""
+        path = studio.runs_dir / find_job(studio, job_id).id / REPORT_FILE
+        if not path.is_file():
+            raise ApiError(404, "this job has no report yet", code="not_found")
+        return FileResponse(path, media_type="text/html")
 
     @app.get("/compare", include_in_schema=False)
     async def compare_page(request: Request, a: str = "", b: str = ""):
