@@ -89,7 +89,8 @@ def studio(settings: StudioSettings, *, console: Console | None = None) -> None:
     sock = listen(settings)
     server, running = _build(settings)
     host, port = sock.getsockname()[:2]
-    base = f"http://{_url_host(host)}:{port}/v1"
+    root = f"http://{_url_host(host)}:{port}"
+    base = root + "/v1"
     console.print(
         f"studio at {base} (home {settings.home_dir}; fine-tunes {', '.join(running.base_names())})"
         + (" (API key required)" if settings.api_key else "")
@@ -98,6 +99,7 @@ def studio(settings: StudioSettings, *, console: Console | None = None) -> None:
         f"  e.g. OpenAI(base_url='{base}', api_key='{'<key>' if settings.api_key else 'none'}')"
         ".fine_tuning.jobs.create(...)"
     )
+    console.print(f"  web app: {root}/" + (" (sign in with the key)" if settings.api_key else ""))
     logging.getLogger("tunewright.studio").setLevel(logging.INFO)
     try:
         server.run(sockets=[sock])
