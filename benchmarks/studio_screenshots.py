@@ -5,8 +5,9 @@
 Starts a studio on a tiny random model (the test suite's, built locally: nothing is downloaded),
 uploads the intents fixture through the API, trains a short job to the end, exports it through
 the Export page, then drives headless Chromium (Debian's `chromium` and `chromium-driver`, and
-selenium from the test extras) through the pages and saves one full-page PNG per page. The
-figures on the pages are the tiny model's: the screenshots show the pages, not results.
+selenium from the test extras) through the pages and saves one full-page PNG per page; a second,
+longer job is shot while it trains (its page and the job list), then cancelled. The figures on
+the pages are the tiny model's: the screenshots show the pages, not results.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ JOB_OVERRIDES = (
 PAGE_WIDTH = 1280
 MAX_PAGE_HEIGHT = 4000
 WAIT_S = 600
+LIVE_ROWS = 40  # metrics rows of the longer job before its page is shot mid-training
 
 
 def intents_jsonl() -> bytes:
@@ -162,13 +164,32 @@ def main() -> None:
         shoot(driver, f"{url}/data", out / "data.png")
         shoot(driver, f"{url}/data/{uploaded['id']}", out / "data-file.png")
         shoot(driver, f"{url}/new?file={uploaded['id']}", out / "new-job.png", before=estimate)
-        shoot(driver, f"{url}/jobs", out / "jobs.png")
         shoot(driver, f"{url}/jobs/{job_id}", out / "job.png", settle_s=2.0)
         shoot(driver, f"{url}/report/{job_id}", out / "report.png")
         shoot(
             driver, f"{url}/compare?b={done['fine_tuned_model']}", out / "compare.png", before=ask
         )
         shoot(driver, f"{url}/export/{job_id}", out / "export.png")
+
+        # a second, longer job, to show a job page (and the list) while a job trains; then cancel
+        longer = JOB_OVERRIDES.replace("train.epochs=6", "train.epochs=200")
+        live = api.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": model.name,
+                "training_file": uploaded["id"],
+                "suffix": "longer",
+                "metadata": {"tunewright_overrides": longer},
+            },
+        ).json()
+        metrics = running.studio.runs_dir / live["id"] / "metrics.jsonl"
+        wait_until(
+            lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= LIVE_ROWS,
+            "the longer job's first steps",
+        )
+        shoot(driver, f"{url}/jobs/{live['id']}", out / "job-running.png", settle_s=2.0)
+        shoot(driver, f"{url}/jobs", out / "jobs.png")
+        api.post(f"/v1/fine_tuning/jobs/{live['id']}/cancel")
     finally:
         if driver is not None:
             driver.quit()
