@@ -10,6 +10,7 @@ import asyncio
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
+from tunewright.errors import TunewrightError
 from tunewright.serve.app import ApiError
 from tunewright.studio.app import add_file, find_file
 from tunewright.studio.pages.analysis import analyse
@@ -40,7 +41,16 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     @app.get("/data/{file_id}", include_in_schema=False)
     async def file_page(request: Request, file_id: str):
         record = find_file(studio, file_id)
-        report = await asyncio.to_thread(analyse, studio, record)
+        try:
+            report = await asyncio.to_thread(analyse, studio, record)
+        except TunewrightError as e:  # e.g. too few examples to split: what a job would hit
+            return render(
+                request,
+                "data.html",
+                status=400,
+                files=studio.store.files(),
+                error=f"{record.filename}: the data stage stopped: {e}",
+            )
         return render(request, "data_file.html", file=record, report=report)
 
 
