@@ -5,7 +5,9 @@ the config schema, jobs starting from a shipped recipe, and the Cancel button.""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import shlex
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from tunewright.studio.pages.new_job import (
     schema_field,
     settings_of,
 )
+from tunewright.studio.pages.recipe_data import recipe_files
 from tunewright.studio.protocol import RECIPE_KEY, JobCreate
 from tunewright.studio.recipe import chosen_recipe, job_config, shipped_recipes
 from tunewright.studio.settings import StudioSettings
@@ -239,3 +242,17 @@ def test_the_cancel_button_stops_a_job(client, studio, intents_jsonl):
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
     page = httpx.get(f"{studio.url}/jobs/{job.id}", headers=AUTH).text
     assert 'data-status="cancelled"' in page and 'id="cancel"' not in page
+
+
+def test_a_recipe_runs_on_its_own_data_through_uploaded_files(studio):
+    training, test = recipe_files(studio.studio, "customer-support")
+    recipes = StudioSettings().recipes_dir
+    with (recipes / "data" / "banking77" / "train.csv").open() as f:
+        assert training.rows == sum(1 for _ in csv.DictReader(f))
+    assert training.filename == "customer-support-train.jsonl"
+    assert test is not None and test.filename == "customer-support-test.jsonl"
+    stored = studio.studio.files_dir / f"{training.sha256}.jsonl"
+    first = json.loads(stored.read_text().splitlines()[0])["messages"]
+    assert [m["role"] for m in first] == ["user", "assistant"]  # a text+label row, as a chat
+    again, _ = recipe_files(studio.studio, "customer-support")
+    assert again.id == training.id  # the same data is not added twice

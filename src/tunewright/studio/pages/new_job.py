@@ -1,6 +1,6 @@
-"""The New job page: pick the data (an uploaded file) and a starting recipe (a shipped one or the
-defaults), adjust the main settings, each shown with its one-line doc from the config schema,
-ask for a dry-run estimate, start.
+"""The New job page: pick a starting recipe (a shipped one or the defaults) and the data (an
+uploaded file, or the recipe's own data: recipe_data.py), adjust the main settings, each shown
+with its one-line doc from the config schema, ask for a dry-run estimate, start.
 
 The form becomes the same `JobCreate` a client posts to `/v1/fine_tuning/jobs`: the recipe is
 named in `metadata["tunewright_recipe"]`, the settings changed from the recipe's values are
@@ -29,6 +29,7 @@ from tunewright.config import RunConfig, load_config
 from tunewright.errors import TunewrightError
 from tunewright.serve.app import ApiError
 from tunewright.studio.app import add_job, job_run_config
+from tunewright.studio.pages.recipe_data import RECIPE_DATA, recipe_files
 from tunewright.studio.pages.render import render
 from tunewright.studio.protocol import OVERRIDES_KEY, RECIPE_KEY, JobCreate
 from tunewright.studio.recipe import chosen_recipe, shipped_recipes
@@ -139,6 +140,7 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
             models=studio.base_names(),
             error=error,
             estimate=estimate,
+            recipe_data=RECIPE_DATA,
         )
 
     @app.get("/new", include_in_schema=False)
@@ -149,7 +151,8 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     async def submit(request: Request):
         form = {k: v for k, v in (await request.form(max_fields=64, max_files=0)).items()}
         try:
-            req = _request(form, recipe_config(form.get("recipe", "")), studio)
+            files = await asyncio.to_thread(_data_files, studio, form)
+            req = _request({**form, **files}, recipe_config(form.get("recipe", "")), studio)
             if form.get("action") == "estimate":
                 estimate = await asyncio.to_thread(dry_run, studio, req)
                 return page(request, form, estimate=estimate)
@@ -208,3 +211,15 @@ def dry_run(studio: Studio, req: JobCreate) -> dict:
         "precision": result.precision,
         "train_examples": train_examples,
     }
+
+
+def _data_files(studio: Studio, form: dict) -> dict:
+    """The form's file choices as file ids: "the recipe's own data" becomes the recipe's train
+    (and test, unless a test file was picked) data, added as files."""
+    if form.get("training_file") != RECIPE_DATA:
+        return {}
+    if not form.get("recipe"):
+        raise ApiError(400, "choose the recipe whose data to train on")
+    training, test = recipe_files(studio, form["recipe"])
+    chosen_test = form.get("validation_file") or (test.id if test else "")
+    return {"training_file": training.id, "validation_file": chosen_test}
