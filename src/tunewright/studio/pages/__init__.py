@@ -2,8 +2,10 @@
 all inside the package) on top of the same functions as the jobs API.
 
     /login                 sign in with the API key (only when the studio has one; auth.py)
-    /data, /data/{file}    upload or pick a file; what the data stage makes of it (data.py)
-    /new                   a job from a recipe and a file, with a dry-run estimate (new_job.py)
+    /data, /data/{file}    upload or pick a file; what the data stage makes of it (data.py,
+                           analysis.py)
+    /new                   a job from a recipe and a file or the recipe's own data, with a
+                           dry-run estimate (new_job.py, recipe_data.py)
     /jobs, /jobs/{job}     the queue; one job live: loss curve, log, cancel (jobs.py)
     /report/{job}          the finished run's evaluation report (results.py)
     /compare               two served models answering one prompt side by side (results.py)
