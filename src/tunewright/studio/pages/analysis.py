@@ -32,6 +32,8 @@ PII_SCANNED = 50_000  # examples scanned for PII (the data stage only counts wha
 LISTED = 20  # duplicate clusters and leaks listed
 ANALYSIS_DIR = "analysis"  # under the studio home: one prepared folder per analysed content
 _preparing = threading.Lock()  # one preparation at a time: it uses both cores while it runs
+ANALYSES_KEPT = 16  # analyses kept in memory, so reopening a file's page is instant
+_analysed: dict[str, Analysis] = {}  # file id -> its analysis, oldest first
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Analysis:
 
 def analyse(studio: Studio, record: FileRecord) -> Analysis:
     """Prepare the file (once per content) and read what the data stage found."""
+    if record.id in _analysed:  # a file never changes: its analysis neither
+        return _analysed[record.id]
     base_name = studio.base_names()[0]
     cfg = job_config(
         JobCreate(model=base_name, training_file=record.id),
@@ -95,6 +99,9 @@ def analyse(studio: Studio, record: FileRecord) -> Analysis:
                 "html": tokens_html(chat, encoded),
             }
         )
+    _analysed[record.id] = analysis
+    while len(_analysed) > ANALYSES_KEPT:
+        _analysed.pop(next(iter(_analysed)))  # the oldest
     return analysis
 
 
