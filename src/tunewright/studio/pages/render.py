@@ -40,7 +40,9 @@ def _size(n: int | None) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
-    seconds = max(0, int(seconds))
+    if seconds < 1:
+        return "under 1 s"
+    seconds = int(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
