@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,14 +51,22 @@ class ApiError(Exception):
         self.body = error_body(message, type=type, param=param, code=code)
 
 
-def create_app(models: ModelSet, engine: Engine, settings: ServeSettings) -> FastAPI:
-    """The FastAPI application serving `models` through `engine`."""
+def create_app(
+    models: ModelSet,
+    engine: Engine,
+    settings: ServeSettings,
+    *,
+    is_open: Callable[[str], bool] | None = None,
+) -> FastAPI:
+    """The FastAPI application serving `models` through `engine`; `is_open(path)` names the
+    paths served without the API key (default: OPEN_ROUTES)."""
+    is_open = is_open or OPEN_ROUTES.__contains__
     app = FastAPI(title="tunewright", version="1")
     created = now()
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if settings.api_key and request.url.path not in OPEN_ROUTES:
+        if settings.api_key and not is_open(request.url.path):
             scheme, _, key = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not key:
                 return _error(

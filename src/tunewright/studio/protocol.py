@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tunewright.studio.store import FileRecord, JobRecord
 
 OVERRIDES_KEY = "tunewright_overrides"  # metadata key holding recipe overrides (see recipe.py)
+RECIPE_KEY = "tunewright_recipe"  # metadata key naming the shipped recipe a job starts from
 _SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

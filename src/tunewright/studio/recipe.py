@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunewright.config import RunConfig, load_config, parse_overrides
 from tunewright.errors import ConfigError
-from tunewright.studio.protocol import OVERRIDES_KEY, JobCreate
+from tunewright.studio.protocol import OVERRIDES_KEY, RECIPE_KEY, JobCreate
 
 # Keys a client may not set: they name files, folders, the model, code to trust, or are the studio's.
 BLOCKED_KEYS = (
@@ -45,8 +45,11 @@ def job_config(
     training_path: Path,
     validation_path: Path | None,
     runs_dir: Path,
+    recipe: Path | None = None,
 ) -> RunConfig:
-    """The run config of a job; raises ConfigError naming the bad override or value."""
+    """The run config of a job, starting from `recipe`'s settings (a shipped recipe, chosen by
+    name in `metadata["tunewright_recipe"]`) or the defaults; raises ConfigError naming the bad
+    override or value. The recipe's own data files are replaced by the job's."""
     overrides = client_overrides(request.metadata or {})
     hyper = request.chosen_hyperparameters()
     fixed = [
@@ -59,6 +62,7 @@ def job_config(
         if validation_path
         else "data.test_files=[]",
         "data.format=messages",
+        "data.columns={}",
         f"data.seed={seed}",
         f"train.seed={seed}",
         "train.resume=true",
@@ -69,10 +73,32 @@ def job_config(
         fixed.append(f"train.epochs={hyper.n_epochs}")
     if hyper.batch_size != "auto":
         fixed.append(f"train.batch_size={hyper.batch_size}")
-    cfg = load_config(None, [*overrides, *fixed])
+    cfg = load_config(recipe, [*overrides, *fixed])
     if hyper.learning_rate_multiplier != "auto":
         cfg.train.lr = cfg.train.lr * hyper.learning_rate_multiplier
     return cfg
+
+
+def shipped_recipes(folder: Path | None) -> dict[str, Path]:
+    """The recipes a job may start from: `<name>.yaml` in the operator's recipes folder."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def chosen_recipe(metadata: dict[str, str] | None, folder: Path | None) -> Path | None:
+    """The shipped recipe named in `metadata["tunewright_recipe"]` (None: the defaults); a name
+    not in the folder is refused, so a client never names a path."""
+    name = (metadata or {}).get(RECIPE_KEY)
+    if not name:
+        return None
+    recipes = shipped_recipes(folder)
+    if name not in recipes:
+        raise ConfigError(
+            f"metadata.{RECIPE_KEY}: no shipped recipe '{name}' "
+            f"(this studio has: {', '.join(recipes) or 'none'})"
+        )
+    return recipes[name]
 
 
 def client_overrides(metadata: dict[str, str]) -> list[str]:

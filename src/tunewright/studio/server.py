@@ -19,6 +19,8 @@ from tunewright.serve.app import create_app
 from tunewright.serve.registry import load_models
 from tunewright.serve.server import check_bind, listen
 from tunewright.studio.app import add_jobs_routes
+from tunewright.studio.pages import add_pages
+from tunewright.studio.pages.auth import is_public
 from tunewright.studio.settings import StudioSettings
 from tunewright.studio.state import Studio
 
@@ -54,8 +56,9 @@ def _build(settings: StudioSettings):
         adapters=models.has_adapters,
     ).start()
     studio = Studio.open(settings, models, engine)
-    app = create_app(models, engine, settings)
+    app = create_app(models, engine, settings, is_open=is_public)
     add_jobs_routes(app, studio)
+    add_pages(app, studio)
     config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=30, access_log=False)
     return uvicorn.Server(config), studio
 
@@ -86,7 +89,8 @@ def studio(settings: StudioSettings, *, console: Console | None = None) -> None:
     sock = listen(settings)
     server, running = _build(settings)
     host, port = sock.getsockname()[:2]
-    base = f"http://{_url_host(host)}:{port}/v1"
+    root = f"http://{_url_host(host)}:{port}"
+    base = root + "/v1"
     console.print(
         f"studio at {base} (home {settings.home_dir}; fine-tunes {', '.join(running.base_names())})"
         + (" (API key required)" if settings.api_key else "")
@@ -95,6 +99,7 @@ def studio(settings: StudioSettings, *, console: Console | None = None) -> None:
         f"  e.g. OpenAI(base_url='{base}', api_key='{'<key>' if settings.api_key else 'none'}')"
         ".fine_tuning.jobs.create(...)"
     )
+    console.print(f"  web app: {root}/" + (" (sign in with the key)" if settings.api_key else ""))
     logging.getLogger("tunewright.studio").setLevel(logging.INFO)
     try:
         server.run(sockets=[sock])

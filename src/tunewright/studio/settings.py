@@ -30,6 +30,18 @@ class StudioSettings(ServeSettings):
         256 << 20, ge=1024, description="Largest uploaded training file, in bytes."
     )
 
+    recipes: Path | None = Field(
+        None,
+        description="Folder of recipes a job may start from (default: the source tree's recipes/).",
+    )
+
+    @property
+    def recipes_dir(self) -> Path | None:
+        if self.recipes is not None:
+            return self.recipes.expanduser().resolve()
+        shipped = Path(__file__).resolve().parents[3] / "recipes"  # src/tunewright/studio -> repo
+        return shipped if shipped.is_dir() else None
+
     @property
     def home_dir(self) -> Path:
         return (self.home or default_home()).expanduser().resolve()
