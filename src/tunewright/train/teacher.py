@@ -11,9 +11,9 @@ base than its greedy token alone.
 The base's weights never change during training, so its distributions are computed once, before
 the adapter exists, in one forward pass over the replay chats, not by a second forward of the
 base (adapter off) at every step: replayed rows cost no more than plain replay. Only each
-position's top `TOP_K` tokens are kept, renormalised: they hold nearly all of a small instruct
-model's probability mass on its own greedy answers, and a full 49k-vocabulary row per position
-would not fit in memory for long runs.
+position's top `TOP_K` tokens are kept, renormalised, because a full 49k-vocabulary row per
+position would not fit in memory for long runs (the tail's mass is dropped, not spread).
+Measured against plain replay: docs/results.md#forgetting-tradeoff.
 """
 
 from __future__ import annotations
