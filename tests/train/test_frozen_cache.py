@@ -39,8 +39,8 @@ QUIET = Console(quiet=True)
 TOP = ("train.lora_layers=2", "data.system_prompt=Name the intent.")
 
 
-@pytest.fixture(scope="module")
-def chats():
+def intent_chats() -> list[Example]:
+    """Six short Banking77-like chats with intent labels."""
     return [
         Example(messages=(Message("user", text), Message("assistant", label)), label=label)
         for text, label in [
@@ -52,6 +52,11 @@ def chats():
             ("why was I charged a fee for my transfer this morning?", "transfer_fee"),
         ]
     ]
+
+
+@pytest.fixture(scope="module")
+def chats():
+    return intent_chats()
 
 
 @pytest.fixture

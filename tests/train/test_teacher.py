@@ -4,10 +4,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from tests.train.test_frozen_cache import lora_on_top, loss_and_grads
+from tests.train.test_frozen_cache import intent_chats, lora_on_top, loss_and_grads
 from tests.train.test_loop import config
 from tunewright.data.prepare import prepare
-from tunewright.dataset.example import Example, Message
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer
 from tunewright.errors import ConfigError
 from tunewright.models import load_model
@@ -24,14 +23,7 @@ QUIET = Console(quiet=True)
 
 @pytest.fixture
 def chats():
-    return [
-        Example(messages=(Message("user", text), Message("assistant", label)), label=label)
-        for text, label in [
-            ("I lost my card", "lost_card"),
-            ("my card has not arrived yet, where is it?", "card_arrival"),
-            ("how do I top up", "top_up"),
-        ]
-    ]
+    return intent_chats()[:3]
 
 
 def reference_loss(logits, targets, weights, soft_ids, soft_probs, hard_share):
