@@ -58,3 +58,34 @@ def test_too_long_example_names_its_source(chat):
     )
     with pytest.raises(DataError, match="f.jsonl:7: .* tokens, over data.max_seq_len=128"):
         chat.encode_example(long)
+
+
+def test_a_preference_pair_trains_only_each_final_answer(chat):
+    pair = Example(
+        messages=(
+            Message("user", "hi"),
+            Message("assistant", "hello"),
+            Message("user", "I lost my card."),
+            Message("assistant", "lost_or_stolen_card"),
+        ),
+        rejected="card_arrival",
+        source="pairs.jsonl:3",
+    )
+    encoded = chat.encode_pair(pair)
+    assert trained_text(chat, encoded.chosen) == "lost_or_stolen_card<|im_end|>"
+    assert trained_text(chat, encoded.rejected) == "card_arrival<|im_end|>"
+    # both sides start with the same prompt, earlier turns included
+    prompt = chat.encode_prompt(pair.prompt_messages)
+    assert encoded.prompt_tokens >= len(prompt)
+    assert encoded.rejected.input_ids[: len(prompt)] == prompt
+    assert Example.from_json(pair.to_json()) == pair
+
+
+def test_a_too_long_rejected_side_is_named(chat):
+    pair = Example(
+        messages=(Message("user", "I lost my card."), Message("assistant", "lost")),
+        rejected="word " * 200,
+        source="pairs.jsonl:7",
+    )
+    with pytest.raises(DataError, match=r"pairs.jsonl:7: .* \(the rejected side\)"):
+        chat.encode_pair(pair)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ROLES = ("system", "user", "assistant")
 
@@ -21,6 +21,8 @@ class Example:
     Chat examples have `messages`; raw-text examples (continued pre-training) have `text`.
     `label` is set for classification data (text+label): the assistant answer is the label.
     `source` is `file:line` so every later message can point back to the input.
+    Preference pairs (DPO/ORPO) have `rejected`: `messages` ends with the chosen answer, and
+    `rejected` is the answer a person preferred less to the same prompt (`prompt_messages`).
     """
 
     messages: tuple[Message, ...] = ()
@@ -28,6 +30,22 @@ class Example:
     label: str | None = None
     source: str = ""
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    rejected: str | None = None
+
+    @property
+    def is_preference(self) -> bool:
+        return self.rejected is not None
+
+    @property
+    def rejected_example(self) -> Example:
+        """The same prompt answered with `rejected` in place of the chosen answer."""
+        if self.rejected is None:
+            raise ValueError(f"{self.source}: not a preference pair")
+        return replace(
+            self,
+            messages=(*self.prompt_messages, Message("assistant", self.rejected)),
+            rejected=None,
+        )
 
     @property
     def is_chat(self) -> bool:
@@ -63,6 +81,8 @@ class Example:
             row["label"] = self.label
         if self.meta:
             row["meta"] = self.meta
+        if self.rejected is not None:
+            row["rejected"] = self.rejected
         return row
 
     @classmethod
@@ -75,4 +95,5 @@ class Example:
             label=row.get("label"),
             source=row.get("source", ""),
             meta=row.get("meta", {}),
+            rejected=row.get("rejected"),
         )

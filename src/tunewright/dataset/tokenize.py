@@ -8,7 +8,7 @@ tokenizer's offsets, so any chat template that renders conversations as a growin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -35,6 +35,25 @@ class TokenizedExample:
     @property
     def num_trained_tokens(self) -> int:
         return sum(1 for t in self.labels if t != IGNORE_INDEX)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedPair:
+    """A preference pair as two sequences sharing their prompt tokens; only each final answer
+    (with its end-of-turn token) is labelled, since preference losses compare those alone."""
+
+    chosen: TokenizedExample
+    rejected: TokenizedExample
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Leading tokens the two sides share (the prompt, and possibly an answer's start)."""
+        n = 0
+        for a, b in zip(self.chosen.input_ids, self.rejected.input_ids):
+            if a != b:
+                break
+            n += 1
+        return n
 
 
 class ChatTokenizer:
@@ -123,3 +142,19 @@ class ChatTokenizer:
                     break
         has_weights = any(w not in (0.0, 1.0) for w in weights)
         return TokenizedExample(ids, labels, weights if has_weights else None)
+
+    def encode_pair(self, example: Example) -> TokenizedPair:
+        """Both sides of a preference pair, earlier assistant turns untrained; raises
+        TooLongError (naming the side) if either is over `max_seq_len`."""
+        sides = []
+        for side, ex in (("chosen", example), ("rejected", example.rejected_example)):
+            *earlier, last = ex.messages
+            untrained = tuple(
+                replace(m, weight=0.0) if m.role == "assistant" else m for m in earlier
+            )
+            try:
+                encoded = self.encode_example(replace(ex, messages=(*untrained, last)))
+            except TooLongError as e:
+                raise TooLongError(f"{e} (the {side} side)", e.length) from None
+            sides.append(encoded)
+        return TokenizedPair(*sides)
