@@ -142,7 +142,7 @@ def setup(
         label_weighting=tc.label_weighting,
     )
 
-    schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed)
+    schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed, data.groups)
     per_step = tc.grad_accum_steps * world
     planned_steps = math.ceil(len(schedule) / per_step)
     if tc.max_steps is not None:
