@@ -13,7 +13,7 @@ from tunewright.data.prepare import prepare
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, evaluate
-from tunewright.preference import run_chain, with_sft_compared
+from tunewright.preference import ChainResult, run_chain, with_sft_compared
 from tunewright.runs import RunFolder, open_prepared
 from tunewright.scaling import run_scaling
 from tunewright.train.loop import TrainResult, train
@@ -43,6 +43,7 @@ class RunResult:
     train: TrainResult
     eval: EvalResult
     seconds: float
+    chain: ChainResult | None = None  # with a preference section: both stages and the pairs
 
 
 def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None) -> RunResult:
@@ -61,7 +62,7 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
         f"({dataset.summary['quarantined']} quarantined)"
     )
     console.rule("train")
-    eval_cfg = cfg
+    eval_cfg, chain = cfg, None
     if cfg.preference is not None:  # SFT, then preference tuning on the models' own answers
         chain, trained_dir = run_chain(cfg, dataset, console=console)
         trained, eval_cfg = chain.preference, with_sft_compared(cfg)
@@ -101,7 +102,7 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
             evaluate_seconds=evaluated_at - evaluate_from,
         )
     )
-    return RunResult(cfg.run_dir, trained, result, seconds)
+    return RunResult(cfg.run_dir, trained, result, seconds, chain)
 
 
 def done_line(

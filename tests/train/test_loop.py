@@ -264,5 +264,7 @@ def test_init_adapter_continues_a_trained_adapter(tmp_path, tiny_model_dir):
     start, continued = (load_file(d / "adapter_model.safetensors") for d in (trained, out))
     assert start.keys() == continued.keys()
     for name, value in start.items():
-        assert value.shape == continued[name].shape and value.shape[0 if "lora_A" in name else 1] == 4
+        assert (
+            value.shape == continued[name].shape and value.shape[0 if "lora_A" in name else 1] == 4
+        )
         torch.testing.assert_close(continued[name], value, atol=1e-6, rtol=0)
