@@ -66,6 +66,7 @@ def chained(recipe: Path, objective: str, overrides: list[str], out: Path, conso
             f"name={objective}",
             *EVAL,
             f"preference.objective={objective}",
+            "evaluate.models=[tuned]",  # all models are scored together in the SFT-alone run
             *overrides,
         ],
     )
