@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from tunewright.config import RunConfig
 from tunewright.dataset.example import Example, Message
@@ -23,7 +24,7 @@ from tunewright.evaluate.preference import (
     win_scores,
 )
 from tunewright.evaluate.prompts import Variant
-from tunewright.evaluate.report import verdict, write_reports
+from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import evaluate
 from tunewright.models import load_model
 
@@ -220,6 +221,10 @@ def test_the_reports_have_the_preference_verdict_and_section(evaluated):
     assert f"## Preference pairs ({len(pairs)} held out)" in md.read_text()
     text = html.read_text()
     assert "<h2>Preference pairs" in text and "implicit reward accuracy" in text
+    console = Console(record=True, width=100)
+    console.print(summary_table(result))
+    table = console.export_text()
+    assert "reward_accuracy" in table and "(win_rate)" in table and "margin_sum" in table
 
 
 def test_the_forgetting_check_runs_for_a_preference_tuned_model(evaluated):
