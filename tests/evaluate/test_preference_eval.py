@@ -110,9 +110,7 @@ def test_pair_logprobs_equal_a_plain_forward_pass(tiny_model_dir, monkeypatch, m
     pairs = _pairs(7)
     # answers of different lengths, so batches mix padding widths
     pairs[0] = Example(pairs[0].messages, rejected="card arrival exchange rate card arrival")
-    scored = score_pairs(
-        loaded.model, loaded.tokenizer, variant, pairs, max_seq_len=96, batch_size=3
-    )
+    scored = score_pairs(loaded.model, loaded.tokenizer, variant, pairs, batch_size=3)
     chat = ChatTokenizer(loaded.tokenizer, None, 96)
     for pair, score in zip(pairs, scored):
         encoded = chat.encode_pair(pair_example(variant, pair))
@@ -268,4 +266,16 @@ def test_a_split_without_pairs_is_unaffected(tiny_model_dir, tmp_path):
     assert saved["preference_pairs"] == 0
     md, html = write_reports(result, cfg.run_dir)
     assert "Preference pairs" not in md.read_text() and "Preference pairs" not in html.read_text()
+    assert "preference pairs" not in verdict(result)
+
+
+def test_pairs_longer_than_max_seq_len_are_still_ranked(tiny_model_dir, tmp_path):
+    # the base's prompt (instruction, label list) may outgrow data.max_seq_len; generation has
+    # no limit for it either, so ranking must not fail on it
+    cfg = _config(tiny_model_dir, tmp_path, "long", models=["base_0shot"], general_check=False)
+    cfg.data.max_seq_len = 16
+    pairs = _pairs(3)
+    result = evaluate(cfg, PreparedDataset(folder=tmp_path, train=pairs, val=[], test=pairs), None)
+    assert len(result.models["base_0shot"].pairs) == 3
+    assert result.preference_base is None, "no tuned model: nothing to compare"
     assert "preference pairs" not in verdict(result)

@@ -87,9 +87,10 @@ def labelled_logprobs(
             logits_to_keep=tail + 1,
             use_cache=False,
         ).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        labels = labels.to(logp.device)
         trained = labels != IGNORE_INDEX
         picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        sums[rows] = torch.where(trained, picked, 0.0).sum(-1).double().numpy()
-        counts[rows] = trained.sum(-1).numpy()
+        sums[rows] = torch.where(trained, picked, 0.0).sum(-1).double().cpu().numpy()
+        counts[rows] = trained.sum(-1).cpu().numpy()
     return sums, counts

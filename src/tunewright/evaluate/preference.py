@@ -19,6 +19,7 @@ grades each answer against the chosen one (the reference), so no pairwise judge 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -90,12 +91,15 @@ def score_pairs(
     variant: Variant,
     examples: Sequence[Example],
     *,
-    max_seq_len: int,
     batch_size: int,
 ) -> list[PairScore]:
     """Log-probs of both answers of every pair, only the final answer's tokens counted (what
-    `ChatTokenizer.encode_pair` labels); chosen and rejected sides share batches."""
-    chat = ChatTokenizer(tokenizer, None, max_seq_len)  # variant_messages adds the system turn
+    `ChatTokenizer.encode_pair` labels); chosen and rejected sides share batches.
+
+    No length limit applies: a variant's prompt (a base's instruction and label list) can be
+    longer than `data.max_seq_len`, and generation answers these same prompts without one."""
+    # variant_messages adds the system turn itself
+    chat = ChatTokenizer(tokenizer, None, max_seq_len=sys.maxsize)
     pairs = [chat.encode_pair(pair_example(variant, e)) for e in examples]
     sums, counts = labelled_logprobs(
         model,
@@ -117,7 +121,6 @@ def rank_pairs(
     examples: Sequence[Example],
     rows: Iterable[int],
     *,
-    max_seq_len: int,
     batch_size: int,
 ) -> dict[int, PairScore]:
     """`score_pairs` of the preference pairs among `examples[rows]`, by row ({} when the variant
@@ -130,7 +133,6 @@ def rank_pairs(
         tokenizer,
         variant,
         [examples[i] for i in rows],
-        max_seq_len=max_seq_len,
         batch_size=batch_size,
     )
     return dict(zip(rows, pairs, strict=True))

@@ -439,7 +439,6 @@ def _rank_pairs(cfg, variant: Variant, loaded, examples, rows) -> dict[int, Pair
         variant,
         examples,
         rows,
-        max_seq_len=cfg.data.max_seq_len,
         batch_size=cfg.evaluate.batch_size,
     )
 
