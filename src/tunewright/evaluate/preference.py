@@ -38,8 +38,7 @@ from tunewright.evaluate.stats import bootstrap_ci
 if TYPE_CHECKING:
     from tunewright.evaluate.runner import ModelScores
 
-# The metrics of a pair-scored model, headline first; rates are shown as percentages.
-PAIR_METRICS = ("reward_accuracy", "reward_accuracy_sum", "margin_per_token", "margin_sum")
+# The preference metrics the report shows as percentages.
 RATE_METRICS = ("reward_accuracy", "reward_accuracy_sum", "win_rate")
 
 
@@ -173,7 +172,8 @@ def _cell(values: Sequence[float]) -> dict[str, float]:
 
 
 def pair_metrics(pairs: Sequence[PairScore]) -> dict[str, dict[str, float]]:
-    """`PAIR_METRICS` with 95% bootstrap intervals over the pairs."""
+    """Reward accuracy (the headline, per token; and by sums) and mean margins (nats), with 95%
+    bootstrap intervals over the pairs."""
     return {
         "reward_accuracy": _cell([float(r) for r in prefers_chosen(pairs)]),
         "reward_accuracy_sum": _cell([float(p.margin > 0) for p in pairs]),
