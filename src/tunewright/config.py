@@ -25,7 +25,16 @@ from pydantic import (
 from tunewright.errors import ConfigError
 
 InputFormat = Literal[
-    "auto", "messages", "prompt_completion", "alpaca", "sharegpt", "text", "text_label"
+    "auto",
+    "messages",
+    "prompt_completion",
+    "alpaca",
+    "sharegpt",
+    "text",
+    "text_label",
+    "preference",  # TRL prompt/chosen/rejected: strings or message lists
+    "chosen_rejected",  # Anthropic-HH full chats; the shared leading messages are the prompt
+    "openai_preference",  # OpenAI DPO JSONL: input.messages, preferred_output, non_preferred_output
 ]
 # The value lists below are defined here once; the data stage reads them from here.
 CleanStep = Literal["unicode", "control", "whitespace", "html", "urls"]

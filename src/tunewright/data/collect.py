@@ -123,10 +123,7 @@ class Collector:
                         )
                 example = normalise(data, row.location)
                 if group_by:
-                    meta = {"group": _group_key(data, group_by)}
-                    example = Example(
-                        example.messages, example.text, example.label, example.source, meta
-                    )
+                    example = replace(example, meta={"group": _group_key(data, group_by)})
                 if transform is not None and not (quick is not None and _untouched(example, quick)):
                     cleaned = _map_texts(example, transform)
                     out.rows_cleaned += cleaned is not example
@@ -191,6 +188,9 @@ def _untouched(example: Example, quick: re.Pattern[str]) -> bool:
         text = m.content
         if search(text) is not None or text[:1] == " " or text[-1:] == " ":
             return False
+    text = example.rejected
+    if text is not None and (search(text) is not None or text[:1] == " " or text[-1:] == " "):
+        return False
     return True
 
 
@@ -231,6 +231,17 @@ def _map_texts(example: Example, fn: Callable[[str], str]) -> Example:
                 )
             changed = changed or list(messages)
             changed[i] = Message(m.role, content, m.weight)
+    if example.rejected is not None:  # a pair's rejected answer is cleaned like the chosen one
+        rejected = fn(example.rejected)
+        if not rejected.strip():
+            raise RowError("field 'rejected': empty after cleaning", "empty content")
+        if rejected == (changed or messages)[-1].content:
+            raise RowError(
+                "field 'rejected': identical to the chosen answer after cleaning",
+                "identical chosen and rejected",
+            )
+        if rejected != example.rejected:
+            return replace(example, messages=tuple(changed or messages), rejected=rejected)
     return example if changed is None else replace(example, messages=tuple(changed))
 
 

@@ -212,6 +212,139 @@ def _text_label(row: dict, source: str = "") -> Example:
     )
 
 
+# --- Preference pairs (DPO/ORPO): each becomes an Example with `rejected` set. ---
+
+
+def _chat(raw: object, field: str) -> tuple[Message, ...]:
+    """A list of `{role, content}` objects, checked for type and known roles (not turn order:
+    `_pair` checks the whole prompt + chosen chat once it is assembled)."""
+    if not isinstance(raw, list):
+        raise RowError(f"field '{field}': expected a list, got {_type_name(raw)}", "wrong type")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RowError(
+                f"field '{field}[{i}]': expected an object, got {_type_name(m)}", "wrong type"
+            )
+        role = m.get("role")
+        if not isinstance(role, str) or role not in _ROLE:
+            raise RowError(
+                f"field '{field}[{i}].role': unknown role {role!r} (expected one of {', '.join(ROLES)})",
+                "unknown role",
+            )
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise RowError(
+                f"field '{field}[{i}].content': expected text, got {_type_name(content)}",
+                "wrong type",
+            )
+        out.append(Message(_ROLE[role], content))
+    return tuple(out)
+
+
+def _side(row: dict, name: str) -> tuple[tuple[Message, ...], str]:
+    """One side of a pair: (the messages before its final answer, the final answer's text).
+    A side is a string (the answer alone) or a message list ending with an assistant turn."""
+    value = row.get(name)
+    if value is None:
+        raise RowError(f"field '{name}': missing", "missing field", field=name)
+    if isinstance(value, str):
+        if _blank(value):
+            raise RowError(f"field '{name}': empty", "empty content", field=name)
+        return (), value
+    messages = _chat(value, name)
+    if not messages:
+        raise RowError(f"field '{name}': no messages", "empty content", field=name)
+    last = messages[-1]
+    if last.role != "assistant":
+        raise RowError(
+            f"field '{name}': the last message must be the assistant's answer, got '{last.role}'",
+            "side not an assistant answer",
+            field=name,
+        )
+    if _blank(last.content):
+        raise RowError(
+            f"field '{name}[{len(messages) - 1}].content': empty", "empty content", field=name
+        )
+    return messages[:-1], last.content
+
+
+def _pair(
+    prompt: tuple[Message, ...],
+    row: dict,
+    chosen_name: str,
+    rejected_name: str,
+    source: str,
+) -> Example:
+    """The Example of a pair: prompt + chosen answer as `messages`, the rejected answer text as
+    `rejected`. Both sides must answer the same conversation, and differ in the answer."""
+    chosen_before, chosen = _side(row, chosen_name)
+    rejected_before, rejected = _side(row, rejected_name)
+    if chosen_before != rejected_before:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(chosen_before, rejected_before)) if a != b),
+            min(len(chosen_before), len(rejected_before)),
+        )
+        raise RowError(
+            f"field '{rejected_name}': differs from '{chosen_name}' before the final answer "
+            f"(message {at}); both sides must answer the same conversation",
+            "sides differ before the answer",
+            field=rejected_name,
+        )
+    if chosen == rejected:
+        raise RowError(
+            f"field '{rejected_name}': identical to '{chosen_name}' (nothing to prefer)",
+            "identical chosen and rejected",
+            field=rejected_name,
+        )
+    messages = (*prompt, *chosen_before, Message("assistant", chosen))
+    return Example(messages=check_turns(messages, chosen_name), source=source, rejected=rejected)
+
+
+def _preference(row: dict, source: str = "") -> Example:
+    """TRL's explicit-prompt form: `prompt`, `chosen`, `rejected` (strings or message lists)."""
+    raw = row.get("prompt")
+    if raw is None:
+        raise _missing("prompt")
+    if isinstance(raw, str):
+        if _blank(raw):
+            raise RowError("field 'prompt': empty", "empty content")
+        prompt: tuple[Message, ...] = (Message("user", raw),)
+    else:
+        prompt = _chat(raw, "prompt")
+        if not prompt:
+            raise RowError("field 'prompt': no messages", "empty content")
+    return _pair(prompt, row, "chosen", "rejected", source)
+
+
+def _chosen_rejected(row: dict, source: str = "") -> Example:
+    """Full chats (Anthropic HH, TRL's implicit prompt): `chosen` and `rejected` share every
+    message but the final assistant answer, and that shared part is the prompt."""
+    for name in ("chosen", "rejected"):
+        if isinstance(row.get(name), str):
+            raise RowError(
+                f"field '{name}': expected a list of messages (the whole chat), got str",
+                "wrong type",
+                field=name,
+            )
+    return _pair((), row, "chosen", "rejected", source)
+
+
+def _openai_preference(row: dict, source: str = "") -> Example:
+    """OpenAI's DPO JSONL: `input.messages`, `preferred_output`, `non_preferred_output`."""
+    raw = row.get("input")
+    if raw is None:
+        raise _missing("input")
+    if not isinstance(raw, dict):
+        raise RowError(f"field 'input': expected an object, got {_type_name(raw)}", "wrong type")
+    if raw.get("messages") is None:
+        raise _missing("input.messages")
+    prompt = _chat(raw["messages"], "input.messages")
+    if not prompt:
+        raise RowError("field 'input.messages': no messages", "empty content")
+    return _pair(prompt, row, "preferred_output", "non_preferred_output", source)
+
+
 # Each takes a row (a dict) and its `file:line`, and returns the example or raises RowError.
 NORMALISERS: dict[str, Callable[[dict, str], Example]] = {
     "messages": _messages,
@@ -220,11 +353,17 @@ NORMALISERS: dict[str, Callable[[dict, str], Example]] = {
     "alpaca": _alpaca,
     "text_label": _text_label,
     "text": _text,
+    "preference": _preference,
+    "chosen_rejected": _chosen_rejected,
+    "openai_preference": _openai_preference,
 }
 
 # Which keys identify a format, most specific first.
 _SIGNATURES: list[tuple[str, frozenset[str]]] = [
     ("messages", frozenset({"messages"})),
+    ("openai_preference", frozenset({"input", "preferred_output", "non_preferred_output"})),
+    ("preference", frozenset({"prompt", "chosen", "rejected"})),
+    ("chosen_rejected", frozenset({"chosen", "rejected"})),
     ("sharegpt", frozenset({"conversations"})),
     ("alpaca", frozenset({"instruction", "output"})),
     ("prompt_completion", frozenset({"prompt", "completion"})),
@@ -239,6 +378,9 @@ def detect_format(keys: set[str], where: str) -> str:
     # text ⊂ text_label: the more specific one wins
     if "text_label" in matches:
         matches.remove("text")
+    # chosen+rejected ⊂ prompt+chosen+rejected: likewise
+    if "preference" in matches:
+        matches.remove("chosen_rejected")
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -250,7 +392,8 @@ def detect_format(keys: set[str], where: str) -> str:
         hint = f" ({'; '.join(near)})" if near else ""
         raise RowError(
             f"{where}: cannot tell the format from the columns {sorted(keys)}{hint}; expected one of "
-            "messages | conversations | instruction+output | prompt+completion | text+label | text. "
+            "messages | conversations | instruction+output | prompt+completion | text+label | text "
+            "| prompt+chosen+rejected | chosen+rejected | input+preferred_output+non_preferred_output. "
             "Set data.format, or map your columns with data.columns (e.g. {label: category}).",
             "unknown format",
         )

@@ -25,6 +25,9 @@ Problem = Literal[
     "unknown role",
     "roles out of order",
     "no assistant turn",
+    "side not an assistant answer",  # preference pairs: a side's last message
+    "sides differ before the answer",
+    "identical chosen and rejected",
     "over the token limit",
     "unreadable template",
 ]

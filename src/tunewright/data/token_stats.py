@@ -1,7 +1,7 @@
 """Token statistics with the model's own tokenizer and chat template.
 
 Each example that preparation selects is encoded exactly as training will encode it
-(`ChatTokenizer.encode_example`): that both checks it against `data.max_seq_len` and counts its
+(`ChatTokenizer.encode_example`, or `encode_pair` for a preference pair): that both checks it against `data.max_seq_len` and counts its
 tokens and its trained (unmasked) tokens. A chat over the limit is shortened when
 `data.truncate` says so (`truncate.py`) and measured as shortened. Raw texts are counted
 untruncated, plus the EOS token training appends, so a text that would be cut is reported instead.
@@ -56,7 +56,21 @@ class TokenMeter:
 
     def encode(self, example: Example) -> Measured:
         """The example measured, shortened first if it is over the token limit and
-        `data.truncate` allows; raises RowError if it is (still) over the limit."""
+        `data.truncate` allows; raises RowError if it is (still) over the limit.
+
+        A preference pair is measured as training encodes it (`encode_pair`): its length is the
+        longer side's, its trained tokens both answers'. It is never shortened (cutting the
+        shared prompt of two sides differently would change the comparison), so a side over
+        the limit quarantines the pair, naming the side."""
+        if example.is_preference:
+            try:
+                pair = self.chat.encode_pair(example)
+            except TooLongError as e:
+                raise RowError(str(e).split(": ", 1)[-1], "over the token limit") from None
+            return Measured(
+                max(len(pair.chosen.input_ids), len(pair.rejected.input_ids)),
+                pair.chosen.num_trained_tokens + pair.rejected.num_trained_tokens,
+            )
         if example.is_chat:
             try:
                 encoded, cut = self.chat.encode_example(example), None

@@ -31,6 +31,7 @@ def _schema():
             ("text", pa.string()),
             ("label", pa.string()),
             ("meta", pa.string()),  # JSON: the meta dict's keys vary between datasets
+            ("rejected", pa.string()),  # preference pairs: the rejected final answer, else null
         ]
     )
 
@@ -79,6 +80,7 @@ def _table(examples: list[Example], schema):
         pa.array(
             [json.dumps(e.meta, sort_keys=True) if e.meta else None for e in examples], pa.string()
         ),
+        pa.array([e.rejected for e in examples], pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 
@@ -206,7 +208,10 @@ def table_examples(table) -> list[Example]:
             Message(m["role"], m["content"], m["weight"]) for m in row["messages"] or ()
         )
         meta = json.loads(row["meta"]) if row["meta"] else {}
-        examples.append(Example(messages, row["text"], row["label"], row["source"], meta))
+        # `.get`: dataset folders written before preference pairs have no `rejected` column
+        examples.append(
+            Example(messages, row["text"], row["label"], row["source"], meta, row.get("rejected"))
+        )
     return examples
 
 
