@@ -165,14 +165,15 @@ def quarantined(prepared) -> list[dict]:
 
 
 def test_bad_pairs_are_quarantined_with_file_line_and_reason(tmp_path, tiny_model_dir):
-    train = write_jsonl(tmp_path / "pairs.jsonl", pairs(20) + [row for row, _, _ in BAD])
-    prepared = prepare(
-        config(tmp_path, tiny_model_dir, train, format="auto", test_fraction=0.2), console=QUIET
-    )
-    entries = quarantined(prepared)
-    assert [e["location"] for e in entries] == [f"{train}:{21 + k}" for k in range(len(BAD))]
+    train = write_jsonl(tmp_path / "pairs.jsonl", pairs(20))
+    # one file per bad row: the format is detected per file, and each row tests its own format
+    bad = [write_jsonl(tmp_path / f"bad{k}.jsonl", [row]) for k, (row, _, _) in enumerate(BAD)]
+    cfg = config(tmp_path, tiny_model_dir, train, test_fraction=0.2)
+    cfg.data.train_files += [str(path) for path in bad]
+    entries = quarantined(prepare(cfg, console=QUIET))
+    assert [e["location"] for e in entries] == [f"{path}:1" for path in bad]
     assert [e["reason"] for e in entries] == [reason for _, reason, _ in BAD]
-    problems = Collector(DataConfig(), strict=False).collect([train]).quarantine
+    problems = Collector(DataConfig(), strict=False).collect(bad).quarantine
     assert [q.problem for q in problems] == [problem for _, _, problem in BAD]
 
 

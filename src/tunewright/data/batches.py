@@ -19,6 +19,7 @@ the three processes keep two cores busy.
 from __future__ import annotations
 
 import gc
+import hashlib
 import multiprocessing
 import os
 from collections import deque
@@ -62,6 +63,9 @@ class Batch:
     pii: dict = field(default_factory=dict)
     format: str | None = None  # the source's format, once detected
     note: str | None = None
+    # Per example, a preference pair's prompt key (`prompt_key`), None for other examples:
+    # pairs sharing a prompt are kept in one split.
+    prompts: list[int | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -102,6 +106,7 @@ class BatchMaker:
             dict(out.pii),
             info["format"],
             info.get("note"),
+            [prompt_key(e) if e.is_preference else None for e in examples],
         )
         out.quarantine.clear()
         out.pii.clear()
@@ -239,7 +244,17 @@ def _merge(batches: list[Batch]) -> Batch:
         pii,
         batches[-1].format,
         next((b.note for b in batches if b.note), None),
+        [p for b in batches for p in b.prompts],
     )
+
+
+def prompt_key(example: Example) -> int:
+    """A non-negative 63-bit hash of a pair's prompt (roles and texts): a few bytes an example
+    instead of the prompt, enough to keep the pairs of one prompt together."""
+    digest = hashlib.blake2b(digest_size=8)
+    for m in example.prompt_messages:
+        digest.update(f"{m.role}\x00{m.content}\x01".encode())
+    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 _MAKER: BatchMaker | None = None  # the worker process's own

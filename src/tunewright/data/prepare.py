@@ -93,15 +93,25 @@ def prepare(
 
 class _SplitKeys:
     """Per example id, what splitting and the summary need: a label code (-1: no label) and,
-    with `data.group_by`, a group code. A few bytes an example instead of the example."""
+    with `data.group_by`, a group code; and a prompt code that is the same for the preference
+    pairs of one prompt (unique for every other example). A few bytes an example instead of
+    the example."""
 
     def __init__(self, grouped: bool) -> None:
         self.label_code: dict[str, int] = {}
         self.group_code: dict[str, int] | None = {} if grouped else None
         self._labels = array("i")
         self._groups = array("q")
+        self._prompts = array("q")
+        self.pairs = 0  # preference pairs seen
 
-    def add(self, labels: list[str | None], groups: list[str] | None) -> None:
+    def add(
+        self, labels: list[str | None], groups: list[str] | None, prompts: list[int | None]
+    ) -> None:
+        # A pair's code is its prompt hash (>= 0); any other example gets a code of its own (< 0).
+        start = len(self._prompts)
+        self._prompts.extend([-(start + k + 1) if p is None else p for k, p in enumerate(prompts)])
+        self.pairs += sum(p is not None for p in prompts)
         codes = self.label_code
         self._labels.extend(
             [-1 if label is None else codes.setdefault(label, len(codes)) for label in labels]
@@ -125,6 +135,11 @@ class _SplitKeys:
         rank[:-1][np.argsort(np.array(names, dtype=object))] = np.arange(len(names), dtype=np.int32)
         rank[-1] = -1  # code -1 (no label) indexes the last entry
         return rank[self.labels()]
+
+    def prompt_groups(self) -> np.ndarray:
+        return (
+            np.frombuffer(self._prompts, np.int64) if len(self._prompts) else np.zeros(0, np.int64)
+        )
 
     def groups(self) -> np.ndarray | None:
         if self.group_code is None:
@@ -152,7 +167,12 @@ def _prepare(
         raise DataError(f"no usable training rows: {why}")
 
     # Pass 2: split (reading back only the examples whose token length must be checked).
-    units = order_streams(pool_ids, held_ids, dc, labels=keys.label_ranks(), groups=keys.groups())
+    split_dc, groups = dc, keys.groups()
+    if keys.pairs and dc.split == "random" and dc.group_by is None:
+        # Pairs of one prompt split apart would let a model be evaluated on a prompt it was
+        # trained on; group them unless the user chose how to split.
+        split_dc, groups = dc.model_copy(update={"split": "group"}), keys.prompt_groups()
+    units = order_streams(pool_ids, held_ids, split_dc, labels=keys.label_ranks(), groups=groups)
     meter = _token_meter(cfg, tokenizer()) if tokens else None
     ids, cuts = (
         _split_with_token_check(units, dc, meter, spool, quarantine, strict)
@@ -266,7 +286,7 @@ def _collect_and_deduplicate(
             kept = np.flatnonzero(keep)
             if dc.split == "stratified":
                 _check_labelled(batch, kept)
-            keys.add(batch.labels, batch.groups)
+            keys.add(batch.labels, batch.groups, batch.prompts)
             ids = next_id + kept
             spool.write(ids, batch.table if len(kept) == len(batch) else batch.table.filter(keep))
             part.append(ids)
