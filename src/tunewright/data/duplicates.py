@@ -2,7 +2,7 @@
 check finished splits for leakage.
 
 Examples are compared on their text: the raw text, or every message's content in order (roles
-and labels aside). Held-out test rows are fed to the `Deduplicator` first, so when a training
+and labels aside), then a preference pair's rejected answer. Held-out test rows are fed to the `Deduplicator` first, so when a training
 row repeats a test row, the training row is the one removed, never the test row.
 
 `data.dedup`: `report` finds clusters and removes nothing; `exact` removes exact duplicates
@@ -30,7 +30,9 @@ def dedup_text(example: Example) -> str:
     """The text two examples are compared on."""
     if example.text is not None:
         return example.text
-    return "\n".join(m.content for m in example.messages)
+    text = "\n".join(m.content for m in example.messages)
+    # A pair's rejected answer is part of it: two pairs that differ only there are two pairs.
+    return text if example.rejected is None else f"{text}\n{example.rejected}"
 
 
 @dataclass
