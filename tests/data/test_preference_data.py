@@ -241,3 +241,20 @@ def test_cleaning_and_pii_apply_to_rejected(tmp_path):
     row = {"prompt": Q, "chosen": CHOSEN, "rejected": "Mail  bob@example.com  \u0007now."}
     (example,) = collect(write_jsonl(tmp_path / "p.jsonl", [row]), pii_redact=["EMAIL"]).examples
     assert "bob@example.com" not in example.rejected and "\u0007" not in example.rejected
+
+
+def test_summary_card_and_inspect_mention_pairs(tmp_path, tiny_model_dir):
+    from tunewright.data.inspect import inspect_examples
+    from tunewright.dataset.tokenize import ChatTokenizer
+    from tunewright.models import load_tokenizer
+
+    train = write_jsonl(tmp_path / "pairs.jsonl", pairs(20, prompts=5))
+    prepared = prepare(config(tmp_path, tiny_model_dir, train), console=QUIET)
+    assert prepared.summary["preference_pairs"] == {"collected": 20, "grouped_by_prompt": True}
+    assert "Preference pairs" in (prepared.folder / "card.md").read_text()
+    console = Console(record=True, width=200)
+    chat = ChatTokenizer(load_tokenizer(str(tiny_model_dir)), None, max_seq_len=128)
+    report = inspect_examples(chat, prepared.train[:1], console, show=1)
+    shown = console.export_text()
+    assert "·  chosen  ·" in shown and "·  rejected  ·" in shown
+    assert prepared.train[0].rejected in shown and report.eos_untrained == []

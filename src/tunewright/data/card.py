@@ -38,6 +38,7 @@ def render_card(summary: dict) -> str:
         )
         + ".",
         "",
+        *_pairs(s.get("preference_pairs")),
         "## Where every row went",
         "",
         "| | rows |",
@@ -60,6 +61,22 @@ def render_card(summary: dict) -> str:
     lines += _labels(s) + _duplicates(s) + _cleaning(s)
     lines += ["", f"Manifest hash `{s.get('manifest_hash', '')[:16]}` (see manifest.json).", ""]
     return "\n".join(lines)
+
+
+def _pairs(pairs: dict | None) -> list[str]:
+    if not pairs:
+        return []
+    where = (
+        "all pairs of one prompt are in the same split"
+        if pairs["grouped_by_prompt"]
+        else "split as data.split/data.group_by say"
+    )
+    return [
+        f"**Preference pairs** (DPO/ORPO): {pairs['collected']:,} collected, each example a prompt "
+        f"with a chosen and a rejected answer; {where}. Token counts are the longer side's "
+        "length and both answers' trained tokens.",
+        "",
+    ]
 
 
 def _sources(s: dict) -> list[str]:

@@ -64,14 +64,20 @@ def inspect_examples(
     untrained: list[str] = []
     checked = 0
     for k, example in enumerate(examples[: max(show, check)]):
-        encoded = chat.encode_example(example)
-        if k < show:
-            trained = encoded.num_trained_tokens
+        if example.is_preference:  # both sides, as preference training encodes them
+            pair = chat.encode_pair(example)
+            sides = [("chosen", pair.chosen), ("rejected", pair.rejected)]
+        else:
+            sides = [("", chat.encode_example(example))]
+        encoded = sides[0][1]
+        for side, side_encoded in sides if k < show else ():
+            trained = side_encoded.num_trained_tokens
             console.rule(
-                f"{example.source}  ·  {len(encoded.input_ids)} tokens, {trained} trained",
+                f"{example.source}{'  ·  ' + side if side else ''}  ·  "
+                f"{len(side_encoded.input_ids)} tokens, {trained} trained",
                 style="dim",
             )
-            console.print(render_tokens(chat, encoded))
+            console.print(render_tokens(chat, side_encoded))
         if example.is_chat and k < check:
             checked += 1
             if not eos_trained(chat, encoded):

@@ -238,6 +238,11 @@ def _prepare(
         "sources": held.sources + pool.sources,
         "skipped_files": held.skipped_files + pool.skipped_files,
     }
+    if keys.pairs:  # only then: other datasets' summaries stay as they were
+        summary["preference_pairs"] = {
+            "collected": keys.pairs,  # before deduplication and sampling
+            "grouped_by_prompt": split_dc is not dc,
+        }
     quarantine.close()
     commit(quarantine.path, folder / "quarantine.jsonl")
     write_jsonl(folder / "duplicates.jsonl", _duplicate_rows(duplicates, source_of))
