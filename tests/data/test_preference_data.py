@@ -258,3 +258,18 @@ def test_summary_card_and_inspect_mention_pairs(tmp_path, tiny_model_dir):
     shown = console.export_text()
     assert "·  chosen  ·" in shown and "·  rejected  ·" in shown
     assert prepared.train[0].rejected in shown and report.eos_untrained == []
+
+
+def test_hh_rlhf_transcript_strings_are_read_as_chats(tmp_path):
+    history = f"\n\nHuman: hi\n\nAssistant: hello\n\nHuman: {Q}"
+    row = {
+        "chosen": f"{history}\n\nAssistant: {CHOSEN}",
+        "rejected": f"{history}\n\nAssistant: {REJECTED}",
+    }
+    (example,) = collect(write_jsonl(tmp_path / "hh.jsonl", [row])).examples
+    assert [m.content for m in example.prompt_messages] == ["hi", "hello", Q]
+    assert same(example, EXPECTED) is False and example.reference == CHOSEN
+    assert example.rejected == REJECTED
+    bad = {"chosen": "just text", "rejected": f"{history}\n\nAssistant: {REJECTED}"}
+    (q,) = collect(write_jsonl(tmp_path / "bad.jsonl", [bad]), strict=False).quarantine
+    assert q.location.endswith("bad.jsonl:1") and q.reason.startswith("field 'chosen': expected")

@@ -7,6 +7,7 @@ quarantine entry with the row's `file:line`. Unknown extra columns are ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from tunewright.data.quarantine import RowError
@@ -317,16 +318,38 @@ def _preference(row: dict, source: str = "") -> Example:
     return _pair(prompt, row, "chosen", "rejected", source)
 
 
+# Anthropic's hh-rlhf files keep each chat as one string of "\n\nHuman: ..." and
+# "\n\nAssistant: ..." turns.
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _hh_chat(text: str, name: str) -> list[dict]:
+    """An hh-rlhf transcript string as `{role, content}` messages."""
+    pieces = _HH_TURN.split(text)
+    if len(pieces) < 3 or pieces[0].strip():
+        raise RowError(
+            f"field '{name}': expected a list of messages (the whole chat) or an hh-rlhf "
+            "transcript ('\\n\\nHuman: ... \\n\\nAssistant: ...'), got other text",
+            "wrong type",
+            field=name,
+        )
+    return [
+        {"role": _HH_ROLES[speaker], "content": content.strip()}
+        for speaker, content in zip(pieces[1::2], pieces[2::2])
+    ]
+
+
 def _chosen_rejected(row: dict, source: str = "") -> Example:
     """Full chats (Anthropic HH, TRL's implicit prompt): `chosen` and `rejected` share every
-    message but the final assistant answer, and that shared part is the prompt."""
-    for name in ("chosen", "rejected"):
-        if isinstance(row.get(name), str):
-            raise RowError(
-                f"field '{name}': expected a list of messages (the whole chat), got str",
-                "wrong type",
-                field=name,
-            )
+    message but the final assistant answer, and that shared part is the prompt. Each chat is a
+    message list, or an hh-rlhf transcript string."""
+    sides = {name: row.get(name) for name in ("chosen", "rejected")}
+    if any(isinstance(value, str) for value in sides.values()):
+        row = dict(row)
+        for name, value in sides.items():
+            if isinstance(value, str):
+                row[name] = _hh_chat(value, name)
     return _pair((), row, "chosen", "rejected", source)
 
 
