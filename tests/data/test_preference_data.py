@@ -177,14 +177,24 @@ def test_bad_pairs_are_quarantined_with_file_line_and_reason(tmp_path, tiny_mode
     assert [q.problem for q in problems] == [problem for _, _, problem in BAD]
 
 
-def test_an_over_long_side_is_quarantined_naming_the_side(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(
+    ("field", "side", "truncate"),
+    [
+        ("rejected", "rejected", "none"),
+        ("chosen", "chosen", "none"),
+        ("prompt", "chosen", "input_end"),
+    ],
+)
+def test_an_over_long_side_is_quarantined_naming_the_side(
+    tmp_path, tiny_model_dir, field, side, truncate
+):
     rows = pairs(20)
-    rows[3]["rejected"] = "word " * 400
+    rows[3][field] = "word " * 400
     train = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    prepared = prepare(config(tmp_path, tiny_model_dir, train), console=QUIET)
-    (entry,) = quarantined(prepared)
+    prepared = prepare(config(tmp_path, tiny_model_dir, train, truncate=truncate), console=QUIET)
+    (entry,) = quarantined(prepared)  # pairs are never shortened, even with data.truncate
     assert entry["location"] == f"{train}:4"
-    assert "over data.max_seq_len=128" in entry["reason"] and "the rejected side" in entry["reason"]
+    assert "over data.max_seq_len=128" in entry["reason"] and f"the {side} side" in entry["reason"]
 
 
 def test_prepared_pairs_keep_rejected(tmp_path, tiny_model_dir):
