@@ -68,6 +68,7 @@ def test_the_jobs_page_lists_cli_runs_with_their_state(studio, cli_run):
     assert f"step {training['steps']} / {training['planned_steps']}" in done
     assert f"{training['final_train_loss']:.3f}" in done
     assert 'href="/report/cli%20tiny%2B1"' in done and 'href="/export/cli%20tiny%2B1"' in done
+    assert f"run:{NAME}" in get(studio, "/compare").text  # served for Compare
     assert 'data-status="started"' in rows["half-done"]
     assert "/report/" not in rows["half-done"]  # nothing to report or export yet
 

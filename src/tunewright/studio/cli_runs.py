@@ -1,7 +1,8 @@
 """Runs made with the CLI in the studio's runs folder: `tunewright run recipe.yaml
 output_dir=<home>/runs` leaves an ordinary run folder there that no job made. The studio lists
 them beside its jobs, read-only, with their state read from the folder, and opens their report
-and export pages as for a job's run; a trained LoRA run is served for Compare as `run:<name>`.
+and export pages as for a job's run; a trained LoRA run is served for Compare as `run:<name>`
+once its page, its report or Compare is opened.
 
 A client names a run by its folder name; the name is looked up in a listing of the runs folder,
 never joined onto it, so no name reaches outside that folder.
@@ -146,6 +147,13 @@ def served_name(studio: Studio, run: CliRun) -> str | None:
             log.info("run %s is not served: %s", run.name, e)
             return None
     return name
+
+
+def serve_cli_runs(studio: Studio) -> None:
+    """Serve every trained CLI run that can be served and is not yet (for Compare)."""
+    for run in cli_runs(studio):
+        if run.finished:
+            served_name(studio, run)
 
 
 def run_view(studio: Studio, run: JobRecord | CliRun) -> dict:

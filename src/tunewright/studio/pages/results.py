@@ -22,7 +22,7 @@ from markupsafe import Markup
 
 from tunewright.runs import RunFolder
 from tunewright.serve.app import ApiError
-from tunewright.studio.cli_runs import find_run, run_view
+from tunewright.studio.cli_runs import find_run, run_view, serve_cli_runs
 from tunewright.studio.pages.render import render
 from tunewright.studio.state import Studio
 
@@ -105,6 +105,7 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.get("/compare", include_in_schema=False)
     async def compare_page(request: Request, a: str = "", b: str = ""):
+        await asyncio.to_thread(serve_cli_runs, studio)  # made since the studio started
         names = list(studio.models.served)
         base = studio.base_names()
         tuned = [n for n in names if n not in base]
