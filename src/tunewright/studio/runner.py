@@ -1,6 +1,8 @@
 """The job runner: a thread of the studio process that takes queued jobs from the store, oldest
 first, one at a time, and runs each as `python -m tunewright.cli run <run>/config.yaml`, the
-same code as `tunewright run`, in its own process, with its output in `<run>/job.log`.
+same code as `tunewright run`, in its own process, with its output in `<run>/job.log`. With
+`tunewright studio --processes N`, a job trains under torchrun in N processes, then evaluates
+in one (`job_commands`).
 
 While a job runs, the runner reads the run's `metrics.jsonl` and turns new rows into events
 (step, loss, ETA). Cancelling sends the process group SIGTERM, then SIGKILL after a grace period.
@@ -22,26 +24,58 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunewright.runs import RunFolder
+from tunewright.runs import RunFolder, read_run_config
 from tunewright.studio.store import JobRecord, Store, now
 
 log = logging.getLogger(__name__)
 LOG_FILE = "job.log"
 TERM_GRACE_S = 5.0  # after SIGTERM, the seconds a job gets to exit before SIGKILL
-# `python -m tunewright.cli`, after asking Linux for a SIGKILL when the runner thread that
-# started it dies: a studio killed with kill -9 leaves no job training on, which a restart would
-# then run a second time into the same folder. (The pid check closes the race of a parent that
-# died before the request.)
+# `python -m MODULE ARGS` (argv: parent pid, module, args), after asking Linux for a SIGKILL
+# when the thread that started it dies: a studio killed with kill -9 leaves no job training on,
+# which a restart would then run a second time into the same folder. (The pid check closes the
+# race of a parent that died before the request; "-" skips it, for torchrun's workers, whose
+# launcher's pid is not known in advance.) torchrun starts each worker in a session of its own,
+# out of reach of a signal to the job's process group: this is what stops them when the launcher
+# is killed.
 _CHILD = (
     "import os, runpy, signal, sys\n"
     "if sys.platform == 'linux':\n"
     "    import ctypes\n"
     "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
-    "    if os.getppid() != int(sys.argv[1]):\n"
+    "    if sys.argv[1] != '-' and os.getppid() != int(sys.argv[1]):\n"
     "        sys.exit(1)\n"
-    "sys.argv = ['tunewright', *sys.argv[2:]]\n"
-    "runpy.run_module('tunewright.cli', run_name='__main__', alter_sys=True)\n"
+    "sys.argv = sys.argv[2:]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
 )
+
+
+def _module(parent: str, module: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", _CHILD, parent, module, *args]
+
+
+def job_commands(run_dir: Path, processes: int = 1) -> list[list[str]]:
+    """The commands a job runs, in order. One process: `tunewright run`. N processes:
+    `tunewright train` under `torchrun --standalone --nproc_per_node N`, then `tunewright
+    evaluate` in one process (evaluation is not split over processes), which also writes the
+    reports. A recipe with a preference section or scaling fractions, which only `run` chains,
+    runs as `tunewright run` in one process."""
+    config = str(run_dir / "config.yaml")
+    parent = str(os.getpid())
+    if processes > 1:
+        cfg = read_run_config(run_dir)
+        if cfg.preference is None and not cfg.train.scaling_fractions:
+            return [
+                _module(
+                    parent,
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={processes}",
+                    "--no-python",
+                    *_module("-", "tunewright.cli", "train", config),
+                ),
+                _module(parent, "tunewright.cli", "evaluate", config),
+            ]
+    return [_module(parent, "tunewright.cli", "run", config)]
 
 
 @dataclass
@@ -59,6 +93,7 @@ class Runner:
     store: Store
     runs_dir: Path
     on_success: Callable[[JobRecord, Path], str]
+    processes: int = 1  # each job trains in this many processes (torchrun); see job_commands
     poll_s: float = 0.5
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -106,16 +141,25 @@ class Runner:
     def _run(self, job: JobRecord) -> None:
         run_dir = self.runs_dir / job.id
         self.store.add_event(job.id, "Fine-tuning job started")
+        metrics = run_dir / "metrics.jsonl"  # rows from before a restart were reported then
+        progress = _Progress(offset=metrics.stat().st_size if metrics.is_file() else 0)
+        for command in job_commands(run_dir, self.processes):
+            returncode = self._follow(job, run_dir, command, progress)
+            if returncode is None:
+                return  # stopped or cancelled
+            if returncode != 0:
+                self._fail(job.id, _failure_reason(run_dir / LOG_FILE, returncode))
+                return
+        self._succeed(job, run_dir)
+
+    def _follow(
+        self, job: JobRecord, run_dir: Path, command: list[str], progress: _Progress
+    ) -> int | None:
+        """Run one of the job's commands to its end, reporting its progress; its exit code, or
+        None when the studio stopped (the job stays `running`) or the job was cancelled."""
         with (run_dir / LOG_FILE).open("ab") as out:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _CHILD,
-                    str(os.getpid()),
-                    "run",
-                    str(run_dir / "config.yaml"),
-                ],
+                command,
                 cwd=run_dir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -123,26 +167,21 @@ class Runner:
                 env={**os.environ, "COLUMNS": "120", "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,  # its own process group: a cancel reaches its children too
             )
-        metrics = run_dir / "metrics.jsonl"  # rows from before a restart were reported then
-        progress = _Progress(offset=metrics.stat().st_size if metrics.is_file() else 0)
         while process.poll() is None:
             if self._stop.is_set():
                 _terminate(process)
-                return  # stays "running": the next start re-queues and resumes it
+                return None  # stays "running": the next start re-queues and resumes it
             current = self.store.job(job.id)
             if current is not None and current.cancel_requested:
                 _terminate(process)
                 self.store.set_status(job.id, "cancelled")
                 self.store.add_event(job.id, "The job was cancelled")
-                return
+                return None
             self._report(job.id, run_dir, progress)
             self._wake.wait(timeout=self.poll_s)
             self._wake.clear()
         self._report(job.id, run_dir, progress)
-        if process.returncode != 0:
-            self._fail(job.id, _failure_reason(run_dir / LOG_FILE, process.returncode))
-            return
-        self._succeed(job, run_dir)
+        return process.returncode
 
     def _succeed(self, job: JobRecord, run_dir: Path) -> None:
         RunFolder(run_dir).trained()  # raises when the run left no adapter

@@ -30,6 +30,11 @@ class StudioSettings(ServeSettings):
         256 << 20, ge=1024, description="Largest uploaded training file, in bytes."
     )
 
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Processes each job trains in (torchrun --nproc_per_node; one per GPU, gloo on CPU).",
+    )
     recipes: Path | None = Field(
         None,
         description="Folder of recipes a job may start from (default: the source tree's recipes/).",

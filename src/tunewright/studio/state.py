@@ -42,7 +42,9 @@ class Studio:
         studio = cls(settings, Store(home / "studio.db"), models, engine)
         for job in studio.store.jobs_with_status("succeeded"):
             studio._serve(job, studio.runs_dir / job.id)
-        studio.runner = Runner(studio.store, studio.runs_dir, studio._serve).start()
+        studio.runner = Runner(
+            studio.store, studio.runs_dir, studio._serve, processes=settings.processes
+        ).start()
         return studio
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ all inside the package) on top of the same functions as the jobs API.
     /new                   a job from a recipe and a file or the recipe's own data, with a
                            dry-run estimate (new_job.py, recipe_data.py)
     /jobs, /jobs/{job}     the queue; one job live: loss curve, log, cancel (jobs.py)
+    /runs/{name}           a run made with the CLI in the runs folder, read-only (jobs.py,
+                           cli_runs.py); /report and /export take its name as they take a job id
     /report/{job}          the finished run's evaluation report (results.py)
     /compare               two served models answering one prompt side by side (results.py)
     /export/{job}          adapter / merged / GGUF with parity, and downloads (export.py)

@@ -9,11 +9,13 @@ on disk; the client's path is looked up in that listing, never joined onto a fol
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, RedirectResponse
@@ -25,7 +27,7 @@ from tunewright.export.publish import MANIFEST
 from tunewright.export.runner import FORMATS, PARITY_FILE, export
 from tunewright.runs import RunFolder
 from tunewright.serve.app import ApiError
-from tunewright.studio.app import find_job
+from tunewright.studio.cli_runs import CliRun, find_run, run_view
 from tunewright.studio.pages.render import render
 from tunewright.studio.state import Studio
 from tunewright.studio.store import JobRecord
@@ -103,21 +105,25 @@ def artifacts(run_dir: Path) -> list[dict]:
     return shown
 
 
+def trained(run: JobRecord | CliRun) -> bool:
+    """A succeeded job, or a CLI run with its adapter or model saved."""
+    return run.finished if isinstance(run, CliRun) else run.status == "succeeded"
+
+
 def add_routes(app: FastAPI, studio: Studio) -> None:
     exports = _Exports()
 
-    def job_and_run(job_id: str) -> tuple[JobRecord, Path]:
-        job = find_job(studio, job_id)
-        return job, studio.runs_dir / job.id
-
     @app.get("/export/{job_id}", include_in_schema=False)
     async def export_page(request: Request, job_id: str):
-        job, run_dir = job_and_run(job_id)
+        """A job's exports, or a CLI run's (by its folder name)."""
+        job, run_dir = find_run(studio, job_id)
+        view = await asyncio.to_thread(run_view, studio, job)
         return render(
             request,
             "export.html",
             job=job,
-            artifacts=artifacts(run_dir) if job.status == "succeeded" else [],
+            **view,
+            artifacts=artifacts(run_dir) if view["finished"] else [],
             running=exports.running.get(job.id),
             busy=bool(exports.running),
             error=exports.errors.get(job.id),
@@ -129,22 +135,22 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     async def start_export(
         job_id: str, formats: list[str] = Form(default=[]), quant: str = Form("q8_0")
     ):
-        job, run_dir = job_and_run(job_id)
+        job, run_dir = find_run(studio, job_id)
         chosen = [f for f in FORMATS if f in formats]
         refused = None  # shown on the page it redirects to
-        if job.status != "succeeded":
-            refused = f"the job has not succeeded ({job.status}): there is nothing to export"
+        if not trained(job):
+            refused = f"the run is not trained ({job.status}): there is nothing to export"
         elif not chosen or quant not in QUANTS:
             refused = f"choose at least one of {', '.join(FORMATS)} (GGUF: {', '.join(QUANTS)})"
         elif not exports.start(run_dir, job.id, chosen, [quant] if "gguf" in chosen else []):
             refused = "another export is running: try again when it is done"
         if refused:
             exports.errors[job.id] = refused
-        return RedirectResponse(f"/export/{job.id}", status_code=303)
+        return RedirectResponse(f"/export/{quote(job.id, safe='')}", status_code=303)
 
     @app.get("/export/{job_id}/files/{artifact}/{name:path}", include_in_schema=False)
     async def download(job_id: str, artifact: str, name: str):
-        _, run_dir = job_and_run(job_id)
+        _, run_dir = find_run(studio, job_id)
         path = artifact_files(run_dir, artifact).get(name)
         if path is None:
             raise ApiError(404, f"no file '{name}' in the {artifact} export", code="not_found")

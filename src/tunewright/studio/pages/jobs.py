@@ -1,5 +1,7 @@
 """The Jobs pages: the queue with status, progress and ETA; one job with its live loss curve
 (server-sent events read from the run's `metrics.jsonl`), tokens/s, events, log tail and cancel.
+Runs made with the CLI in the studio's runs folder are listed below the jobs, and each has a
+read-only page (`/runs/{name}`; cli_runs.py).
 
 Progress comes from the same rows the runner turns into API events, read here straight from the
 run folder, so a page and `GET /v1/fine_tuning/jobs/{id}/events` never disagree.
@@ -17,6 +19,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from tunewright.serve.app import ApiError
 from tunewright.studio.app import cancel_job, find_job
+from tunewright.studio.cli_runs import CliRun, cli_runs, find_cli_run, run_view
 from tunewright.studio.pages.render import render, when
 from tunewright.studio.runner import LOG_FILE
 from tunewright.studio.state import Studio
@@ -87,6 +90,36 @@ def progress(job: JobRecord, rows: list[dict]) -> dict:
     }
 
 
+def run_progress(run: CliRun) -> dict:
+    """A CLI run's step, loss and tokens/s: from training.json once trained, else from the
+    newest metrics row (a run still training, or one stopped)."""
+    if run.training:
+        t = run.training
+        steps = t.get("steps", 0)
+        total = t.get("planned_steps") or steps
+        return {
+            "step": steps,
+            "total": total,
+            "percent": 100.0 if run.finished else round(100.0 * steps / total, 1) if total else 0,
+            "loss": t.get("final_train_loss"),
+            "val_loss": t.get("val_loss"),
+            "tokens_per_second": t.get("tokens_per_second"),
+            "seconds": t.get("seconds"),
+        }
+    train = [r for r in last_rows(run.path / "metrics.jsonl") if "train_loss" in r]
+    last = train[-1] if train else {}
+    total, step = last.get("planned_steps"), last.get("step", 0)
+    return {
+        "step": step,
+        "total": total,
+        "percent": round(min(100.0 * step / total, 100.0), 1) if total else 0.0,
+        "loss": last.get("train_loss"),
+        "val_loss": None,
+        "tokens_per_second": last.get("tokens_per_second"),
+        "seconds": None,
+    }
+
+
 def log_tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
     if not path.is_file():
         return ""
@@ -105,7 +138,32 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
             for job in jobs
         ]
         files = {f.id: f for f in studio.store.files()}
-        return render(request, "jobs.html", jobs=shown, files=files, active=ACTIVE)
+        runs = (await asyncio.to_thread(cli_runs, studio))[:JOBS_SHOWN]
+        return render(
+            request,
+            "jobs.html",
+            jobs=shown,
+            files=files,
+            active=ACTIVE,
+            runs=[(run, run_progress(run)) for run in runs],
+        )
+
+    @app.get("/runs/{name}", include_in_schema=False)
+    async def run_page(request: Request, name: str):
+        """A run made with the CLI: its state, training figures and log, read-only."""
+        run = await asyncio.to_thread(find_cli_run, studio, name)
+        if run is None:
+            raise ApiError(
+                404, f"no run named {name!r} in the studio's runs folder", code="not_found"
+            )
+        view = await asyncio.to_thread(run_view, studio, run)
+        return render(
+            request,
+            "run.html",
+            run=run,
+            progress=run_progress(run),
+            **view,
+        )
 
     @app.get("/jobs/{job_id}", include_in_schema=False)
     async def job_page(request: Request, job_id: str):

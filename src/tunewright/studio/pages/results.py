@@ -11,6 +11,7 @@ server's own `/v1/chat/completions` with `stream=true`, from the page's JavaScri
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from markupsafe import Markup
 
 from tunewright.runs import RunFolder
 from tunewright.serve.app import ApiError
-from tunewright.studio.app import find_job
+from tunewright.studio.cli_runs import find_run, run_view, serve_cli_runs
 from tunewright.studio.pages.render import render
 from tunewright.studio.state import Studio
 
@@ -74,16 +75,20 @@ def headline(results: dict | None) -> dict | None:
 def add_routes(app: FastAPI, studio: Studio) -> None:
     @app.get("/report/{job_id}", include_in_schema=False)
     async def report_page(request: Request, job_id: str):
-        job = find_job(studio, job_id)
-        run_dir = studio.runs_dir / job.id
+        """A job's report, or a CLI run's (by its folder name)."""
+        job, run_dir = find_run(studio, job_id)
+        view = await asyncio.to_thread(run_view, studio, job)
         path = run_dir / REPORT_FILE
         if not path.is_file():
-            return render(request, "report.html", job=job, verdict=None, sections=[], tiles=None)
+            return render(
+                request, "report.html", job=job, verdict=None, sections=[], tiles=None, **view
+            )
         verdict, sections = report_parts(path.read_text(encoding="utf-8"))
         return render(
             request,
             "report.html",
             job=job,
+            **view,
             verdict=verdict,
             tone=verdict_tone(str(verdict)),
             sections=sections,
@@ -93,13 +98,14 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     @app.get("/report/{job_id}/report.html", include_in_schema=False)
     async def report_file(job_id: str):
         """The run's report.html itself, to save or mail (self-contained, no scripts)."""
-        path = studio.runs_dir / find_job(studio, job_id).id / REPORT_FILE
+        path = find_run(studio, job_id)[1] / REPORT_FILE
         if not path.is_file():
-            raise ApiError(404, "this job has no report yet", code="not_found")
+            raise ApiError(404, "this run has no report yet", code="not_found")
         return FileResponse(path, media_type="text/html")
 
     @app.get("/compare", include_in_schema=False)
     async def compare_page(request: Request, a: str = "", b: str = ""):
+        await asyncio.to_thread(serve_cli_runs, studio)  # made since the studio started
         names = list(studio.models.served)
         base = studio.base_names()
         tuned = [n for n in names if n not in base]
