@@ -34,7 +34,15 @@ from tunewright.studio.store import (
     new_id,
     now,
 )
-from tunewright.studio.uploads import UploadRefused, check_chat_jsonl, content_path, store_content
+from tunewright.studio.uploads import (
+    CHAT,
+    PAIRS,
+    UploadRefused,
+    check_chat_jsonl,
+    content_path,
+    store_content,
+    stored_kind,
+)
 
 PURPOSE = "fine-tune"
 
@@ -164,9 +172,25 @@ def add_job(studio: Studio, req: JobCreate) -> JobRecord:
     cfg = job_run_config(studio, req, job_id=job_id, runs_dir=studio.runs_dir, seed=seed)
     training = studio.store.file(req.training_file)
     validation = studio.store.file(req.validation_file) if req.validation_file else None
+    wanted = PAIRS if req.method_type == "dpo" else CHAT
+    for param, record in (("training_file", training), ("validation_file", validation)):
+        if (
+            record is not None
+            and stored_kind(content_path(studio.files_dir, record.sha256)) != wanted
+        ):
+            raise ApiError(
+                400,
+                f"{param} {record.id} holds "
+                f"{'preference pairs' if wanted == CHAT else 'chat examples'}; method "
+                f"{req.method_type} needs "
+                f"{'preference pairs (OpenAI DPO format)' if wanted == PAIRS else 'chat examples'}",
+                param=param,
+                code="invalid_file",
+            )
     request_record = {
         "hyperparameters": resolved_hyperparameters(cfg, req),
         "metadata": req.metadata,
+        "method": req.method_type,
     }
     job = JobRecord(
         job_id,

@@ -46,9 +46,36 @@ class Supervised(_Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: float | Literal["auto"] = Field(
+        "auto", description="DPO's temperature (train.beta): higher keeps closer to the start."
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _positive_beta(cls, v):
+        if v != "auto" and not v > 0:
+            raise ValueError("must be above 0")
+        return v
+
+
+class Dpo(_Strict):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class Method(_Strict):
-    type: Literal["supervised"] = "supervised"
-    supervised: Supervised = Field(default_factory=Supervised)
+    """`supervised` trains on chat examples; `dpo` on preference pairs in OpenAI's DPO format
+    (`input`, `preferred_output`, `non_preferred_output`), as `train.objective: dpo`."""
+
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+
+    def chosen(self) -> Hyperparameters:
+        settings = self.dpo if self.type == "dpo" else self.supervised
+        if settings is None:
+            return DpoHyperparameters() if self.type == "dpo" else Hyperparameters()
+        return settings.hyperparameters
 
 
 class JobCreate(BaseModel):
@@ -82,8 +109,12 @@ class JobCreate(BaseModel):
 
     def chosen_hyperparameters(self) -> Hyperparameters:
         if self.method is not None:
-            return self.method.supervised.hyperparameters
+            return self.method.chosen()
         return self.hyperparameters or Hyperparameters()
+
+    @property
+    def method_type(self) -> str:
+        return self.method.type if self.method is not None else "supervised"
 
 
 def file_object(f: FileRecord) -> dict:
@@ -102,6 +133,7 @@ def file_object(f: FileRecord) -> dict:
 
 def job_object(job: JobRecord) -> dict:
     hyper = job.request["hyperparameters"]  # as resolved at creation (no "auto" left)
+    method = job.request.get("method", "supervised")
     return {
         "id": job.id,
         "object": "fine_tuning.job",
@@ -115,7 +147,7 @@ def job_object(job: JobRecord) -> dict:
         "estimated_finish": job.estimated_finish if job.status == "running" else None,
         "error": job.error,
         "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": {"type": method, method: {"hyperparameters": hyper}},
         "organization_id": "tunewright",
         "result_files": [],
         "seed": job.seed,

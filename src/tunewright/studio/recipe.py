@@ -61,7 +61,8 @@ def job_config(
         f"data.test_files=[{_quoted(validation_path)}]"
         if validation_path
         else "data.test_files=[]",
-        "data.format=messages",
+        # OpenAI's file formats: chat examples, or preference pairs for DPO
+        "data.format=openai_preference" if request.method_type == "dpo" else "data.format=messages",
         "data.columns={}",
         f"data.seed={seed}",
         f"train.seed={seed}",
@@ -73,6 +74,10 @@ def job_config(
         fixed.append(f"train.epochs={hyper.n_epochs}")
     if hyper.batch_size != "auto":
         fixed.append(f"train.batch_size={hyper.batch_size}")
+    if request.method_type == "dpo":
+        fixed.append("train.objective=dpo")
+        if hyper.beta != "auto":
+            fixed.append(f"train.beta={hyper.beta}")
     cfg = load_config(recipe, [*overrides, *fixed])
     if hyper.learning_rate_multiplier != "auto":
         cfg.train.lr = cfg.train.lr * hyper.learning_rate_multiplier
@@ -121,11 +126,14 @@ def resolved_hyperparameters(cfg: RunConfig, request: JobCreate) -> dict:
     """The hyperparameters the job runs with, as OpenAI reports them (no "auto" left)."""
     multiplier = request.chosen_hyperparameters().learning_rate_multiplier
     epochs = cfg.train.epochs
-    return {
+    resolved = {
         "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
         "batch_size": cfg.train.batch_size * cfg.train.grad_accum_steps,
         "learning_rate_multiplier": 1.0 if multiplier == "auto" else multiplier,
     }
+    if request.method_type == "dpo":
+        resolved["beta"] = cfg.train.beta
+    return resolved
 
 
 def _quoted(path: Path | str) -> str:
