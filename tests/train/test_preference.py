@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from tunewright.errors import DataError
 from tunewright.models import load_model
 from tunewright.train.loop import train
 from tunewright.train.model_setup import apply_training_method
-from tunewright.train.pairs import PairBatches, encode_pairs, reference_log_probs
+from tunewright.train.pairs import PairBatches, encode_pairs, reference_log_probs, with_reference
 from tunewright.train.preference import PairStats, PreferenceForward, pair_loss_of
 from tunewright.train.setup import setup
 
@@ -154,8 +155,14 @@ def policy_and_pairs(tiny_model_dir):
 
 
 def test_reference_log_probs_are_the_base_models(policy_and_pairs):
-    _, _, _, reference, plain_reference = policy_and_pairs
+    model, pairs, pad, reference, plain_reference = policy_and_pairs
     torch.testing.assert_close(reference.flatten(), plain_reference, rtol=1e-5, atol=1e-5)
+    # with the adapter switched off, as setup computes them: the base's, though lora_B is not zero
+    (data,) = with_reference(model, (PairBatches.build(pairs, pad),), pad, nullcontext)
+    torch.testing.assert_close(data.reference, reference, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        policy = plain_log_probs(model, data.collate([0, 1]))
+    assert not torch.allclose(policy, plain_reference, atol=1e-3), "the adapter is on again"
 
 
 @pytest.mark.parametrize("share_prefix", [False, True])

@@ -7,20 +7,22 @@ pairs. Each side is labelled on its final answer only (`ChatTokenizer.encode_pai
 never packed (a packed row would mix pairs); a micro-batch's shared prompt start runs once when
 `train.shared_prefix` is on, as for SFT, which for one pair is its whole prompt.
 
-DPO's reference log-probs are the base model's, computed here once, before the adapter exists
-and before anything trains, for every training and validation pair, like the base's targets of
-train/teacher.py: no second model in memory and no second forward per step. They are computed in
-fixed batches in pair order, so a resumed run recomputes the same bits (it keeps nothing on disk).
+DPO's reference log-probs are the model's before training (under LoRA: with the adapter switched
+off), computed here once, before anything trains, for every training and validation pair, like
+the base's targets of train/teacher.py: no second model in memory and no second forward per
+step. They are computed in fixed batches in pair order, so a resumed run recomputes the same bits
+(it keeps nothing on disk). Every process computes them all: the same bits on each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from tunewright.dataset.example import Example
@@ -142,24 +144,35 @@ class PairBatches:
 def preference_data(
     chat: ChatTokenizer,
     dataset: PreparedDataset,
-    model: nn.Module,
     objective: str,
     pad_id: int,
     *,
     share_prefix: bool,
-    autocast: Callable[[], AbstractContextManager],
 ) -> tuple[PairBatches, PairBatches]:
-    """The train and val splits' pairs, with `model`'s reference log-probs when `objective` is
-    dpo (call it before the adapter exists); `autocast`: the precision training runs in."""
-    splits = []
-    for split in ("train", "val"):
-        pairs = encode_pairs(chat, dataset.split(split), split, objective)
-        reference = None
-        if objective == "dpo":
-            with autocast():
-                reference = reference_log_probs(model, pairs, pad_id)
-        splits.append(
-            PairBatches.build(pairs, pad_id, reference=reference, share_prefix=share_prefix)
+    """The train and val splits' pairs, without reference log-probs (`with_reference` adds them)."""
+    train, val = (
+        PairBatches.build(
+            encode_pairs(chat, dataset.split(split), split, objective),
+            pad_id,
+            share_prefix=share_prefix,
         )
-    train, val = splits
+        for split in ("train", "val")
+    )
     return train, val
+
+
+def with_reference(
+    model: nn.Module,
+    splits: tuple[PairBatches, ...],
+    pad_id: int,
+    autocast: Callable[[], AbstractContextManager],
+) -> tuple[PairBatches, ...]:
+    """The splits with `model`'s reference log-probs, any LoRA adapter switched off: call it
+    before training changes anything. `autocast`: the precision training runs in, so the
+    policy starts equal to its reference."""
+    adapter_off = model.disable_adapter() if isinstance(model, PeftModel) else nullcontext()
+    with adapter_off, autocast():
+        return tuple(
+            replace(split, reference=reference_log_probs(model, split.pairs, pad_id))
+            for split in splits
+        )

@@ -33,7 +33,7 @@ from tunewright.train.host_memory import release_freed_tensors_to_os
 from tunewright.train.metrics_log import MetricsLogger
 from tunewright.train.micro_batches import MicroBatches
 from tunewright.train.model_setup import apply_training_method, make_optimizer
-from tunewright.train.pairs import PairBatches, preference_data
+from tunewright.train.pairs import PairBatches, preference_data, with_reference
 from tunewright.train.parallel import Parallelism, choose_parallelism
 from tunewright.train.preference import preference_forward
 from tunewright.train.replay import base_replay, encode_replay, repeated_to_share
@@ -154,15 +154,9 @@ def setup(
         val_data = PlainValidation(
             [chat.encode_example(e) for e in dataset.val], loaded.tokenizer.pad_token_id
         )
-    else:  # the base's reference log-probs (DPO), before the adapter exists
+    else:
         data, val_data = preference_data(
-            chat,
-            dataset,
-            loaded.model.to(accelerator.device),
-            tc.objective,
-            loaded.tokenizer.pad_token_id,
-            share_prefix=share_prefix,
-            autocast=accelerator.autocast,
+            chat, dataset, tc.objective, loaded.tokenizer.pad_token_id, share_prefix=share_prefix
         )
 
     schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed)
@@ -188,6 +182,13 @@ def setup(
         def objective_metrics() -> dict[str, float]:
             return {}
     else:
+        if tc.objective == "dpo":  # the reference: the model before training, any adapter off
+            data, val_data = with_reference(
+                model.to(accelerator.device),
+                (data, val_data),
+                loaded.tokenizer.pad_token_id,
+                accelerator.autocast,
+            )
         forward, stats, cache_note = preference_forward(model, tc)
         objective_metrics = partial(stats.take, accelerator)
     parallelism.shard(forward, accelerator.device)
