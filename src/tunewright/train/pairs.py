@@ -127,7 +127,7 @@ class PairBatches:
         return sum(len(row.input_ids) for i in indices for row in _rows(self.pairs[i]))
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """The pairs `indices` as one batch of 2 x len(indices) rows: chosen, rejected, chosen, ..."""
+        """The pairs `indices` as one batch of 2 x len(indices) rows: chosen, rejected, ..."""
         batch = self.collate_rows([row for i in indices for row in _rows(self.pairs[i])])
         if self.reference is not None:
             batch["reference_logps"] = self.reference[indices].flatten()

@@ -155,7 +155,7 @@ class PreferenceForward(nn.Module):
         labels,
         position_ids=None,
         prefix_ids=None,
-        reference_logps=None,  # [rows]: the base's log-probs of each row's answer (DPO only)
+        reference_logps=None,  # [rows]: each row's answer's log-prob before training (DPO only)
     ):
         causal_lm = causal_lm_of(self.model)
         hidden = body_hidden_states(causal_lm, input_ids, attention_mask, position_ids, prefix_ids)
@@ -189,6 +189,9 @@ def preference_forward(
     forward = PreferenceForward(model, pair_loss_of(tc), tc.beta, stats)
     note = None
     if tc.method == "lora" and tc.lora_layers and tc.cache_frozen_layers:
-        # the cache keeps one example's states per unit; a pair is two rows (not worth it yet)
-        note = f"train.cache_frozen_layers: off for train.objective {tc.objective!r}; every pass runs every layer"
+        # the cache keeps the states of units that are single rows; a pair is two
+        note = (
+            f"train.cache_frozen_layers: off for train.objective {tc.objective!r}; every pass "
+            "runs every layer"
+        )
     return forward, stats, note

@@ -1,7 +1,8 @@
 """Everything one training run needs, built once: `setup` loads the model and the data, makes
-the optimiser and the learning-rate schedule, chooses every mode (the objective: SFT or preference
-pairs; packing, shared prefix, label weighting, frozen-layer cache, DDP or FSDP, dry run) and restores the newest checkpoint's state
-under `train.resume`. `train/loop.py` then runs what it built.
+the optimiser and the learning-rate schedule, chooses every mode (the objective: SFT or
+preference pairs; packing, shared prefix, label weighting, frozen-layer cache, DDP or FSDP, dry
+run) and restores the newest checkpoint's state under `train.resume`. `train/loop.py` then runs
+what it built.
 """
 
 from __future__ import annotations
