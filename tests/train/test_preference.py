@@ -154,15 +154,20 @@ def policy_and_pairs(tiny_model_dir):
     return model, pairs, pad, reference, plain_reference
 
 
-def test_reference_log_probs_are_the_base_models(policy_and_pairs):
+def test_reference_log_probs_are_the_models_before_training(policy_and_pairs, tiny_model_dir):
     model, pairs, pad, reference, plain_reference = policy_and_pairs
     torch.testing.assert_close(reference.flatten(), plain_reference, rtol=1e-5, atol=1e-5)
-    # with the adapter switched off, as setup computes them: the base's, though lora_B is not zero
+    # a new adapter adds zero: the reference setup computes with it is the base's
+    loaded = load_model(str(tiny_model_dir))
+    fresh = apply_training_method(loaded.model, TrainConfig(), "fp32")
+    (data,) = with_reference(fresh, (PairBatches.build(pairs, pad),), pad, nullcontext)
+    assert torch.equal(data.reference, reference)
+    # an adapter that is not new (continued from SFT) is part of the reference
     (data,) = with_reference(model, (PairBatches.build(pairs, pad),), pad, nullcontext)
-    torch.testing.assert_close(data.reference, reference, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         policy = plain_log_probs(model, data.collate([0, 1]))
-    assert not torch.allclose(policy, plain_reference, atol=1e-3), "the adapter is on again"
+    torch.testing.assert_close(data.reference.flatten(), policy, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(policy, plain_reference, atol=1e-3), "lora_B is not zero"
 
 
 @pytest.mark.parametrize("share_prefix", [False, True])

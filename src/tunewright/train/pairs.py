@@ -7,8 +7,9 @@ pairs. Each side is labelled on its final answer only (`ChatTokenizer.encode_pai
 never packed (a packed row would mix pairs); a micro-batch's shared prompt start runs once when
 `train.shared_prefix` is on, as for SFT, which for one pair is its whole prompt.
 
-DPO's reference log-probs are the model's before training (under LoRA: with the adapter switched
-off), computed here once, before anything trains, for every training and validation pair, like
+DPO's reference log-probs are the model's before training (a new LoRA adapter adds zero to the
+base; one continued from SFT is part of the reference, as the DPO paper's SFT model), computed
+here once, before anything trains, for every training and validation pair, like
 the base's targets of train/teacher.py: no second model in memory and no second forward per
 step. They are computed in fixed batches in pair order, so a resumed run recomputes the same bits
 (it keeps nothing on disk). Every process computes them all: the same bits on each.
@@ -17,12 +18,11 @@ step. They are computed in fixed batches in pair order, so a resumed run recompu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
-from peft import PeftModel
 from torch import nn
 
 from tunewright.dataset.example import Example
@@ -167,11 +167,9 @@ def with_reference(
     pad_id: int,
     autocast: Callable[[], AbstractContextManager],
 ) -> tuple[PairBatches, ...]:
-    """The splits with `model`'s reference log-probs, any LoRA adapter switched off: call it
-    before training changes anything. `autocast`: the precision training runs in, so the
-    policy starts equal to its reference."""
-    adapter_off = model.disable_adapter() if isinstance(model, PeftModel) else nullcontext()
-    with adapter_off, autocast():
+    """The splits with `model`'s reference log-probs: call it before training changes anything.
+    `autocast`: the precision training runs in, so the policy starts equal to its reference."""
+    with autocast():
         return tuple(
             replace(split, reference=reference_log_probs(model, split.pairs, pad_id))
             for split in splits

@@ -183,7 +183,7 @@ def setup(
         def objective_metrics() -> dict[str, float]:
             return {}
     else:
-        if tc.objective == "dpo":  # the reference: the model before training, any adapter off
+        if tc.objective == "dpo":  # the reference: the model as it is before training
             data, val_data = with_reference(
                 model.to(accelerator.device),
                 (data, val_data),
