@@ -276,6 +276,10 @@ class TrainConfig(_Strict):
         description="Metric sinks besides metrics.jsonl; 'mlflow' logs to <run>/mlflow.db (pip install tunewright[mlflow]).",
     )
     seed: int = Field(0, description="Seed for initialisation, dropout and data order.")
+    init_adapter: str | None = Field(
+        None,
+        description="LoRA: start from this adapter folder's weights (its own rank and targets) instead of new ones; `run` sets it to chain preference tuning after SFT.",
+    )
     scaling_fractions: list[float] = Field(
         default_factory=list,
         description="`run` also trains on these shares of the train split (nested, e.g. [0.25, 0.5, 1]) and plots the test score.",
@@ -379,6 +383,27 @@ class EvalConfig(_Strict):
         )
 
 
+class PreferenceConfig(_Strict):
+    """`tunewright run`'s second stage: preference tuning on pairs built from a model's own
+    answers to the train questions, continuing the SFT adapter (tunewright/preference.py)."""
+
+    objective: Literal["dpo", "orpo"] = Field("dpo", description="The preference loss.")
+    rejected_from: Literal["sft_mistakes", "base_answers"] = Field(
+        "sft_mistakes",
+        description="Rejected answers: the SFT model's wrong answers (classification: hard negatives), or the base model's answers (generation; chosen = the reference).",
+    )
+    max_questions: int = Field(
+        600, ge=1, description="Train questions answered to find pairs (a seeded sample)."
+    )
+    beta: float = Field(0.1, gt=0, description="DPO temperature; ORPO's odds-ratio weight.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of the preference stage.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the pairs.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Time budget of the preference stage's training."
+    )
+    batch_size: int = Field(8, ge=1, description="Pairs per micro-batch.")
+
+
 class RunConfig(_Strict):
     name: str = Field("run", description="Run name; the run folder is output_dir/name.")
     output_dir: str = Field("runs", description="Parent folder of run folders.")
@@ -386,6 +411,9 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="Data collection and splits.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
     evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+    preference: PreferenceConfig | None = Field(
+        None, description="`run`: preference tuning after SFT, on pairs from the models' answers."
+    )
     recipe_dir: str = Field(
         ".", description="Folder that relative data paths are resolved against (set by the loader)."
     )
@@ -406,6 +434,11 @@ class RunConfig(_Strict):
             )
         if self.train.general_replay_kl and self.train.packing:
             raise ValueError("train.general_replay_kl needs plain rows: set train.packing to false")
+        if self.preference is not None and self.train.scaling_fractions:
+            raise ValueError(
+                "train.scaling_fractions and a preference section cannot be combined: the "
+                "scaling curve is of SFT runs"
+            )
         self._check_objective()
         return self
 

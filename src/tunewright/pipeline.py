@@ -13,6 +13,7 @@ from tunewright.data.prepare import prepare
 from tunewright.dataset.prepared import PreparedDataset
 from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, evaluate
+from tunewright.preference import ChainResult, run_chain, with_sft_compared
 from tunewright.runs import RunFolder, open_prepared
 from tunewright.scaling import run_scaling
 from tunewright.train.loop import TrainResult, train
@@ -42,6 +43,7 @@ class RunResult:
     train: TrainResult
     eval: EvalResult
     seconds: float
+    chain: ChainResult | None = None  # with a preference section: both stages and the pairs
 
 
 def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None) -> RunResult:
@@ -60,14 +62,25 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
         f"({dataset.summary['quarantined']} quarantined)"
     )
     console.rule("train")
-    trained = train(cfg, dataset, console=console)
-    console.print(
-        f"trained {trained.steps} steps in {trained.seconds:.0f} s, "
-        f"{trained.tokens_per_second:.0f} tokens/s; val loss {trained.val_loss}"
-    )
+    eval_cfg, chain = cfg, None
+    if cfg.preference is not None:  # SFT, then preference tuning on the models' own answers
+        chain, trained_dir = run_chain(cfg, dataset, console=console)
+        trained, eval_cfg = chain.preference, with_sft_compared(cfg)
+        console.print(
+            f"SFT {chain.sft.steps} steps in {chain.sft.seconds:.0f} s; {chain.pairs} pairs from "
+            f"{chain.questions} questions in {chain.pair_seconds:.0f} s; "
+            f"{cfg.preference.objective.upper()} {trained.steps} steps in {trained.seconds:.0f} s"
+        )
+    else:
+        trained = train(cfg, dataset, console=console)
+        trained_dir = trained.output_dir
+        console.print(
+            f"trained {trained.steps} steps in {trained.seconds:.0f} s, "
+            f"{trained.tokens_per_second:.0f} tokens/s; val loss {trained.val_loss}"
+        )
     console.rule("evaluate")
     evaluate_from = time.perf_counter()
-    result = evaluate(cfg, dataset, trained.output_dir, console=console)
+    result = evaluate(eval_cfg, dataset, trained_dir, console=console)
     evaluated_at = time.perf_counter()
     training = trained.summary()  # as train wrote it to training.json
     if cfg.train.scaling_fractions:  # before the reports: report.html shows the scaling curve
@@ -89,7 +102,7 @@ def run(cfg: RunConfig, *, strict: bool = False, console: Console | None = None)
             evaluate_seconds=evaluated_at - evaluate_from,
         )
     )
-    return RunResult(cfg.run_dir, trained, result, seconds)
+    return RunResult(cfg.run_dir, trained, result, seconds, chain)
 
 
 def done_line(

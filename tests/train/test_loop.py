@@ -247,3 +247,24 @@ def test_a_second_run_in_one_process_trains_in_its_own_precision(tmp_path, tiny_
         )
         train(cfg, prepare(cfg, console=QUIET), console=QUIET)
         assert AcceleratorState().mixed_precision == expected
+
+
+def test_init_adapter_continues_a_trained_adapter(tmp_path, tiny_model_dir):
+    first = config(tmp_path / "a", tiny_model_dir, "train.lora_r=4", "train.max_steps=3")
+    trained = train(first, prepare(first, console=QUIET), console=QUIET).output_dir
+    # different rank in the recipe: the adapter's own rank and targets win
+    second = config(
+        tmp_path / "b",
+        tiny_model_dir,
+        f"train.init_adapter={trained}",
+        "train.max_steps=1",
+        "train.lr=1e-12",  # one step that barely moves: the result is the first adapter
+    )
+    out = train(second, prepare(second, console=QUIET), console=QUIET).output_dir
+    start, continued = (load_file(d / "adapter_model.safetensors") for d in (trained, out))
+    assert start.keys() == continued.keys()
+    for name, value in start.items():
+        assert (
+            value.shape == continued[name].shape and value.shape[0 if "lora_A" in name else 1] == 4
+        )
+        torch.testing.assert_close(continued[name], value, atol=1e-6, rtol=0)

@@ -11,11 +11,14 @@ from pathlib import Path
 
 from tunewright.evaluate import plots
 from tunewright.evaluate.report import (
+    PREFERENCE_HEADER,
+    PREFERENCE_NOTE,
     SHOWN_EXAMPLES,
     comparison_cell,
     differing,
     metric_cell,
     metric_names,
+    preference_rows,
     time_cell,
     verdict,
 )
@@ -76,6 +79,17 @@ def _metrics_section(result: EvalResult) -> str:
     return (
         f"<h2>Metrics</h2><p class=muted>{escape(result.rows_phrase)}; 95% bootstrap intervals; "
         f"p from {'McNemar' if result.task == 'classification' else 'a paired bootstrap'}.</p>{table}"
+    )
+
+
+def _preference_section(result: EvalResult) -> str:
+    if not result.pair_rows:
+        return ""
+    rows = preference_rows(result)
+    return (
+        f"<h2>Preference pairs ({len(result.pair_rows)} held out)</h2>"
+        + (_table(PREFERENCE_HEADER, rows) if rows else "")
+        + f"<p class=muted>{escape(PREFERENCE_NOTE)} Per pair: eval/examples.jsonl.</p>"
     )
 
 
@@ -187,6 +201,7 @@ def render_html(result: EvalResult, *, run_dir: Path, training: dict | None = No
         f"<h1>Evaluation report: {escape(run_dir.name)}</h1>",
         f"<p class=verdict>{escape(verdict(result))}</p>",
         _metrics_section(result),
+        _preference_section(result),
         _general_section(result),
         _training_section(run_dir, training),
         _scaling_section(run_dir),

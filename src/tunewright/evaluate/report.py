@@ -1,6 +1,7 @@
 """The run report: a verdict (tuned vs the stronger base, then whether a classic classifier does as
-well), every variant's metrics with intervals, the paired tests, the forgetting check and the
-examples that changed; as Markdown, HTML and on the terminal."""
+well, then, on preference pairs, whether tuned prefers the chosen answers more often), every
+variant's metrics with intervals, the paired tests, the forgetting check and the examples that
+changed; as Markdown, HTML and on the terminal."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from pathlib import Path
 
 from rich.table import Table
 
+from tunewright.evaluate.preference import RATE_METRICS
 from tunewright.evaluate.runner import EvalResult
 
-_PERCENT_METRICS = {"accuracy", "accuracy_strict", "invalid_rate", "stop_rate", "exact_match"}
+_PERCENT_METRICS = {
+    "accuracy",
+    "accuracy_strict",
+    "invalid_rate",
+    "stop_rate",
+    "exact_match",
+    *RATE_METRICS,
+}
 # Differing examples shown per direction; examples.jsonl holds them all.
 SHOWN_EXAMPLES = 10
 
@@ -24,8 +33,90 @@ def fmt_cell(metric: str, cell: dict[str, float]) -> str:
 
 def verdict(result: EvalResult) -> str:
     """Is the tuned model better than the stronger base variant, by how much, how sure; and, where
-    classic classifiers were scored, whether one of them does as well (baseline_verdict)."""
-    return " ".join(s for s in (_base_verdict(result), baseline_verdict(result)) if s)
+    classic classifiers were scored, whether one of them does as well (baseline_verdict); and, on
+    preference pairs, whether it ranks the chosen answers first more often (preference_verdict)."""
+    parts = (_base_verdict(result), baseline_verdict(result), preference_verdict(result))
+    return " ".join(s for s in parts if s)
+
+
+def _pct(cell: dict[str, float]) -> str:
+    return f"{cell['value']:.1%} [{cell['low']:.1%}, {cell['high']:.1%}]"
+
+
+def preference_verdict(result: EvalResult) -> str:
+    """On held-out preference pairs: does the tuned model rank the chosen answer above the rejected
+    one more often than the stronger pair-ranking base variant, with both intervals, the paired
+    difference and McNemar's p; then the win rate of its answers. '' without pairs to compare."""
+    name = result.preference_base
+    if not result.pair_rows or name is None:
+        return ""
+    n = len(result.pair_rows)
+    tuned, base = result.models["tuned"].metrics, result.models[name].metrics
+    c = result.comparisons[name]["preference"]["reward_accuracy"]
+    numbers = (
+        f"{_pct(tuned['reward_accuracy'])} vs {_pct(base['reward_accuracy'])} of {n} held-out "
+        f"preference pairs (mean log-prob per token; {c['delta'] * 100:+.1f} pts, 95% CI "
+        f"[{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}], McNemar p = {c['p_value']:.2g})"
+    )
+    if c["p_value"] >= 0.05 or c["delta"] == 0:
+        sentence = (
+            f"No significant difference in how often the tuned model and {name} rank the chosen "
+            f"answer above the rejected one: {numbers}."
+        )
+    else:
+        often = "more" if c["delta"] > 0 else "less"
+        sentence = (
+            f"The tuned model ranks the chosen answer above the rejected one {often} often "
+            f"than {name}: {numbers}."
+        )
+    win = result.comparisons[name]["preference"]["win_rate"]
+    return sentence + (
+        f" Its answers are closer (ROUGE-L) to the chosen than to the rejected answer in "
+        f"{_pct(tuned['win_rate'])} of pairs vs {_pct(base['win_rate'])} "
+        f"(paired bootstrap p = {win['p_value']:.2g})."
+    )
+
+
+def preference_rows(result: EvalResult) -> list[list[str]]:
+    """Per model compared with tuned on the pairs: tuned minus it in reward accuracy and win rate,
+    and DPO's reward accuracy with it as the reference model (empty without pairs)."""
+    rows = []
+    for name, c in result.comparisons.items():
+        pref = c.get("preference")
+        if not pref:
+            continue
+        ranked = "reward_accuracy" in pref
+        rows.append(
+            [
+                name,
+                _points(pref["reward_accuracy"]) if ranked else "-",
+                _points(pref["win_rate"]),
+                _pct(pref["implicit_reward_accuracy"]) if ranked else "-",
+            ]
+        )
+    return rows
+
+
+PREFERENCE_HEADER = [
+    "tuned vs",
+    "reward accuracy: tuned minus it (95% CI), p",
+    "win rate: tuned minus it (95% CI), p",
+    "implicit reward accuracy (it as reference)",
+]
+PREFERENCE_NOTE = (
+    "reward_accuracy: share of pairs whose chosen answer has the higher mean log-prob per token "
+    "(reward_accuracy_sum: higher summed log-prob, which favours the shorter answer); margins in "
+    "nats; win_rate: share of pairs where the generated answer is closer (ROUGE-L) to the chosen "
+    "than to the rejected answer, ties half. Implicit reward accuracy: share of pairs where tuned's "
+    "summed margin exceeds the other model's, DPO's reward accuracy with that model as reference."
+)
+
+
+def _points(c: dict) -> str:
+    return (
+        f"{c['delta'] * 100:+.1f} pts [{c['low'] * 100:+.1f}, {c['high'] * 100:+.1f}], "
+        f"p = {c['p_value']:.2g}"
+    )
 
 
 # How the verdict names each classic classifier (evaluate/baselines.py).
@@ -174,6 +265,17 @@ def summary_table(result: EvalResult) -> Table:
                     for name in result.models
                 ),
             )
+        for metric in ("reward_accuracy", "win_rate"):
+            if any(metric in c.get("preference", {}) for c in result.comparisons.values()):
+                table.add_row(
+                    f"tuned minus it\n({metric})",
+                    *(
+                        _stacked_comparison(
+                            result.comparisons.get(name, {}).get("preference", {}).get(metric)
+                        )
+                        for name in result.models
+                    ),
+                )
     table.add_row(
         "eval time",
         *(time_cell(s).replace(" (", "\n").rstrip(")") for s in result.models.values()),
@@ -227,6 +329,16 @@ def write_markdown(result: EvalResult, path: Path, *, training: dict | None = No
         cells += [comparison_cell(result, name), time_cell(scores)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", *(f"- **{n}**: {m.description}" for n, m in result.models.items())]
+    if result.pair_rows:
+        lines += ["", f"## Preference pairs ({len(result.pair_rows)} held out)", ""]
+        if preference_rows(result):
+            lines += [
+                "| " + " | ".join(PREFERENCE_HEADER) + " |",
+                "|---" * len(PREFERENCE_HEADER) + "|",
+                *("| " + " | ".join(row) + " |" for row in preference_rows(result)),
+                "",
+            ]
+        lines.append(PREFERENCE_NOTE + " Per pair: `eval/examples.jsonl`.")
     if result.general:
         lines += [
             "",

@@ -14,6 +14,10 @@ rows in a seeded random order, one batch of rows at a time, every model answerin
 the next batch starts, until the next one would overrun the budget. Every model has then answered
 the same rows, a random sample of the test split, so the paired tests hold; the report says how
 many rows were scored. This mode keeps every model loaded at once (one copy each).
+
+When the test split holds preference pairs (`Example.rejected`), every language model also ranks
+each pair's chosen and rejected answers by log-prob, and its generated answers get a win rate
+against the pairs (`preference.py`); the tuned model is compared with each other model on both.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from tunewright.evaluate.metrics import (
     rouge_l,
     token_f1,
 )
+from tunewright.evaluate.preference import PairScore, add_pair_metrics, compare_pairs, rank_pairs
 from tunewright.evaluate.prompts import Variant, base_variants, variant_messages
 from tunewright.evaluate.stats import bootstrap_ci, bootstrap_ci_fn
 from tunewright.files import write_text_atomic
@@ -71,6 +76,8 @@ class ModelScores:
     predictions: list[str | None] | None
     seconds: float  # wall clock of scoring it (for a classic classifier: fit + predict)
     cpu_seconds: float | None = None  # classic classifiers only: process CPU time, fit + predict
+    pairs: list[PairScore] | None = None  # per preference pair (EvalResult.pair_rows), if ranked
+    wins: list[float] | None = None  # per preference pair: its answer's win (1), tie, loss (0)
 
     @property
     def is_classifier(self) -> bool:
@@ -93,6 +100,8 @@ class EvalResult:
     general: dict | None = None  # the forgetting check (general.forgetting_summary)
     folder: Path | None = None
     test_rows: int | None = None  # rows in the test split; more than n_examples under max_minutes
+    pair_rows: list[int] = field(default_factory=list)  # scored rows that are preference pairs
+    preference_base: str | None = None  # the base variant with the best reward_accuracy
 
     @property
     def rows_phrase(self) -> str:
@@ -279,6 +288,7 @@ def evaluate(
     data = _baseline_data(cfg, dataset) if baselines else None
     budgeted = cfg.evaluate.max_minutes is not None
     generated: dict[str, tuple[list[Generation], float]] = {}
+    ranked: dict[str, dict[int, PairScore]] = {}  # variant -> test row -> its pair's log-probs
     classifiers: dict[str, ModelScores] = {}
     general_answers: dict[str, list[str]] = {}
     loaded_models = {}
@@ -287,9 +297,15 @@ def evaluate(
         loaded = _load_variant(cfg, model_name, trained, dtype)
         if not budgeted:
             for variant in (v for v in variants if v.model == key):
-                generated[variant.name] = _generate_variant(
+                answers, seconds = _generate_variant(
                     cfg, task, variant, loaded, examples, dataset.labels, console
                 )
+                started_pairs = time.perf_counter()
+                with console.status(f"preference pairs: {variant.name}"):
+                    ranked[variant.name] = _rank_pairs(
+                        cfg, variant, loaded, examples, range(len(examples))
+                    )
+                generated[variant.name] = answers, seconds + time.perf_counter() - started_pairs
         if key == "base" and "embed_logreg" in baselines:
             with console.status("embed_logreg: embedding train and test texts with the base model"):
                 classifiers["embed_logreg"] = _score_baseline(
@@ -309,7 +325,7 @@ def evaluate(
     rows = list(range(len(examples)))
     if budgeted:
         deadline = started + cfg.evaluate.max_minutes * 60
-        rows, generated = _generate_within(
+        rows, generated, ranked = _generate_within(
             cfg, task, variants, loaded_models, examples, dataset.labels, deadline, console
         )
         loaded_models.clear()
@@ -321,6 +337,7 @@ def evaluate(
         models[variant.name] = _scores(cfg, task, variant, scored, answers, seconds, dataset.labels)
     for name in baselines:
         models[name] = _rows_of(classifiers[name], rows, refs, dataset.labels)
+    pair_rows = add_pair_metrics(models, variants, scored, rows, ranked)
 
     headline = "accuracy" if task == "classification" else "rouge_l"
     result = EvalResult(
@@ -332,6 +349,7 @@ def evaluate(
         references=refs,
         prompts=[e.prompt_messages[-1].content if e.prompt_messages else "" for e in scored],
         test_rows=len(examples),
+        pair_rows=pair_rows,
     )
     if "tuned" in models:
         tuned = models["tuned"]
@@ -344,11 +362,23 @@ def evaluate(
                     result.comparisons[name]["macro_f1"] = paired_macro_f1(
                         other.predictions, tuned.predictions, refs, dataset.labels
                     )
+                if other.wins is not None and tuned.wins is not None:
+                    result.comparisons[name]["preference"] = compare_pairs(
+                        other.pairs, tuned.pairs, other.wins, tuned.wins
+                    )
         result.strongest_base = strongest(
             {n: m.metrics[headline]["value"] for n, m in models.items() if n.startswith("base_")}
         )
         if result.strongest_base is not None:
             result.outcomes = outcomes(tuned.right, models[result.strongest_base].right)
+        if tuned.pairs is not None:
+            result.preference_base = strongest(
+                {
+                    n: m.metrics["reward_accuracy"]["value"]
+                    for n, m in models.items()
+                    if n.startswith("base_") and m.pairs is not None
+                }
+            )
     if general_answers:
         result.general = forgetting_summary(general_answers["base"], general_answers["tuned"])
     result.folder = _write(RunFolder(cfg.run_dir).eval_dir, result, scored)
@@ -357,15 +387,17 @@ def evaluate(
 
 def _generate_within(
     cfg, task, variants: list[Variant], loaded_models, examples, labels, deadline, console
-) -> tuple[list[int], dict[str, tuple[list[Generation], float]]]:
+) -> tuple[list[int], dict[str, tuple[list[Generation], float]], dict[str, dict[int, PairScore]]]:
     """Answers of every variant to test rows taken a batch at a time in a seeded random order,
     until the next batch would end after `deadline` (one batch at least). Returns the rows
-    answered, in test order, and each variant's answers to them with its seconds."""
+    answered, in test order, each variant's answers to them with its seconds, and the ranked
+    preference pairs among them."""
     order = list(range(len(examples)))
     random.Random(cfg.data.seed).shuffle(order)
     step = cfg.evaluate.batch_size
     answers: dict[str, dict[int, Generation]] = {v.name: {} for v in variants}
     seconds = dict.fromkeys(answers, 0.0)
+    ranked: dict[str, dict[int, PairScore]] = {v.name: {} for v in variants}
     done, loop_started = 0, time.perf_counter()
     with _progress(console) as progress:
         task_id = progress.add_task(
@@ -385,14 +417,30 @@ def _generate_within(
                     None,
                 )
                 answers[variant.name].update(zip(rows, got))
-                seconds[variant.name] += took
+                pairs_started = time.perf_counter()
+                ranked[variant.name] |= _rank_pairs(
+                    cfg, variant, loaded_models[variant.model], examples, rows
+                )
+                seconds[variant.name] += took + time.perf_counter() - pairs_started
             done += len(rows)
             now = time.perf_counter()
             progress.update(task_id, completed=done, rate=done / (now - loop_started))
             if now + (now - batch_started) > deadline:
                 break
     scored = sorted(order[:done])
-    return scored, {name: ([answers[name][i] for i in scored], seconds[name]) for name in answers}
+    generated = {name: ([answers[name][i] for i in scored], seconds[name]) for name in answers}
+    return scored, generated, ranked
+
+
+def _rank_pairs(cfg, variant: Variant, loaded, examples, rows) -> dict[int, PairScore]:
+    return rank_pairs(
+        loaded.model,
+        loaded.tokenizer,
+        variant,
+        examples,
+        rows,
+        batch_size=cfg.evaluate.batch_size,
+    )
 
 
 def _baseline_data(cfg: RunConfig, dataset: PreparedDataset) -> BaselineData:
@@ -497,6 +545,8 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
         "headline": result.headline,
         "n_examples": result.n_examples,
         "test_rows": result.test_rows,
+        "preference_pairs": len(result.pair_rows),
+        "preference_base": result.preference_base,
         "models": {
             n: {"description": m.description, "metrics": m.metrics, "seconds": m.seconds}
             | ({"cpu_seconds": m.cpu_seconds} if m.is_classifier else {})
@@ -509,12 +559,15 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
     }
     write_text_atomic(folder / "results.json", json.dumps(summary, indent=2))
     rows = []
+    pair_of = {row: k for k, row in enumerate(result.pair_rows)}
     for i, example in enumerate(examples):
         row = {
             "source": example.source,
             "prompt": result.prompts[i],
             "reference": example.reference,
         }
+        if example.is_preference:
+            row["rejected"] = example.rejected
         for name, scores in result.models.items():
             row[name] = {
                 "answer": scores.answers[i].text,
@@ -524,6 +577,10 @@ def _write(folder: Path, result: EvalResult, examples) -> Path:
             }
             if scores.predictions is not None:
                 row[name]["prediction"] = scores.predictions[i]
+            if i in pair_of and scores.wins is not None:
+                row[name]["win"] = scores.wins[pair_of[i]]
+            if i in pair_of and scores.pairs is not None:
+                row[name] |= scores.pairs[pair_of[i]].to_json()
         if result.outcomes is not None:
             row["outcome"] = result.outcomes[i]
             row["outcome_vs"] = result.strongest_base

@@ -29,6 +29,12 @@ def apply_training_method(model: PreTrainedModel, cfg: TrainConfig, precision: s
     if precision == "bf16":
         # frozen weights never update, so bf16 storage loses nothing and skips autocast's casts
         model.to(torch.bfloat16)
+    if cfg.init_adapter:
+        # continue a trained adapter (the SFT stage's, before preference tuning) with its own
+        # rank, targets and layers; fp32 for the same reason as below
+        return PeftModel.from_pretrained(
+            model, cfg.init_adapter, is_trainable=True, autocast_adapter_dtype=True
+        )
     num_layers = model.config.num_hidden_layers
     top = min(cfg.lora_layers or num_layers, num_layers)
     targets = cfg.lora_target_modules
