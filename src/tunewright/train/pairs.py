@@ -9,8 +9,8 @@ never packed (a packed row would mix pairs); a micro-batch's shared prompt start
 
 DPO's reference log-probs are the model's before training (a new LoRA adapter adds zero to the
 base; one continued from SFT is part of the reference, as the DPO paper's SFT model), computed
-here once, before anything trains, for every training and validation pair, like
-the base's targets of train/teacher.py: no second model in memory and no second forward per
+here once, before anything trains, for every training and validation pair, like the base's
+targets of train/teacher.py: no second model in memory and no second forward per
 step. They are computed in fixed batches in pair order, so a resumed run recomputes the same bits
 (it keeps nothing on disk). Every process computes them all: the same bits on each.
 """
@@ -69,7 +69,7 @@ def reference_log_probs(
     model: nn.Module, pairs: Sequence[TokenizedPair], pad_id: int
 ) -> torch.Tensor:
     """The model's summed log-probs of each pair's two answers, [pairs, 2] float32 on the CPU;
-    call it on the base model, before any adapter exists."""
+    call it before training changes the model."""
     was_training = model.training
     model.eval()
     causal_lm = causal_lm_of(model)
