@@ -169,6 +169,19 @@ class DataConfig(_Strict):
 
 class TrainConfig(_Strict):
     method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or all weights.")
+    objective: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description="What to learn: sft (the answers), or from preference pairs dpo (against the base model) or orpo (no reference).",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="dpo: temperature of the implicit reward; orpo: weight of the odds-ratio term (TRL's conventions).",
+    )
+    dpo_loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid",
+        description="dpo: sigmoid (the DPO paper's loss) or ipo (squared, on log-probs per answer token).",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha/r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -193,7 +206,9 @@ class TrainConfig(_Strict):
         gt=0,
         description="Time budget: stop when this much training time is spent; the LR schedule decays over it.",
     )
-    batch_size: int = Field(16, ge=1, description="Examples per micro-batch.")
+    batch_size: int = Field(
+        16, ge=1, description="Examples per micro-batch (dpo/orpo: pairs, each two rows)."
+    )
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     lr_schedule: Literal["cosine", "linear", "constant"] = Field(
@@ -433,7 +448,41 @@ class RunConfig(_Strict):
                 "train.scaling_fractions and a preference section cannot be combined: the "
                 "scaling curve is of SFT runs"
             )
+        self._check_objective()
         return self
+
+    def _check_objective(self) -> None:
+        tc = self.train
+        if tc.dpo_loss != "sigmoid" and tc.objective != "dpo":
+            raise ValueError(
+                f"train.dpo_loss is {tc.dpo_loss!r} but train.objective is {tc.objective!r}: "
+                "it applies to dpo only"
+            )
+        if tc.objective == "sft":
+            return
+        refused = {  # key: (its value, whether it is refused, what to do)
+            "train.packing": (
+                tc.packing,
+                tc.packing,
+                "set it to false: a packed row would mix pairs, each pair is two rows of its own",
+            ),
+            "train.general_replay": (
+                tc.general_replay,
+                tc.general_replay > 0,
+                "set it to 0: replay trains answers (SFT), and preference tuning has no answers "
+                "to learn",
+            ),
+            "train.label_weighting": (
+                tc.label_weighting,
+                tc.label_weighting != "none",
+                "set it to none: every pair weighs the same",
+            ),
+        }
+        for key, (value, bad, fix) in refused.items():
+            if bad:
+                raise ValueError(
+                    f"{key}={value!r} does not apply to train.objective {tc.objective!r}: {fix}"
+                )
 
     @property
     def run_dir(self) -> Path:

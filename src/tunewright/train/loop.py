@@ -6,8 +6,8 @@ instead of finishing.
 `accelerate` handles device, precision and distribution (launch with `accelerate launch` or
 `torchrun` for DDP/FSDP); it never owns the control flow. LoRA vs full fine-tuning is a flag
 (which parameters train), not a second loop. Every mode (packing, shared prefix, label weighting,
-frozen-layer cache, DDP or FSDP, dry run) is chosen once, in `setup`; the loop never asks which
-one it runs.
+frozen-layer cache, DDP or FSDP, dry run) and the objective (SFT, or DPO/ORPO on preference pairs:
+train/preference.py) is chosen once, in `setup`; the loop never asks which one it runs.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def fit(run: Training, state: TrainState, console: Console) -> Fitted:
                 step_loss += nll_sum.detach().float() / step_weight
                 state.trained_tokens += run.data.tokens(indices) * world
             step_loss = float(accelerator.reduce(step_loss, reduction="sum"))
+            objective_metrics = run.objective_metrics()  # e.g. DPO's reward margin; {} for SFT
             max_norm = tc.max_grad_norm or math.inf
             grad_norm = as_float(
                 accelerator.clip_grad_norm_(list(run.trainable.values()), max_norm)
@@ -162,9 +163,10 @@ def fit(run: Training, state: TrainState, console: Console) -> Fitted:
                     grad_norm=grad_norm,
                     tokens_per_second=fitted.tokens_per_second,
                     planned_steps=run.planned_steps,  # lets a watcher (the studio) give an ETA
+                    **objective_metrics,
                 )
 
-            if run.eval_every_steps and state.step % run.eval_every_steps == 0 and run.val_examples:
+            if run.eval_every_steps and state.step % run.eval_every_steps == 0 and run.val_data:
                 if validate(run, state):
                     fitted.best_weights = {k: v.detach().clone() for k, v in run.trainable.items()}
                 patience = tc.early_stopping_patience
@@ -200,16 +202,23 @@ def _why_stopped(run: Training, state: TrainState, fitted: Fitted) -> str:
 
 def validate(run: Training, state: TrainState) -> bool:
     """The validation loss into `state`; True when it is the best so far."""
-    state.val_loss = evaluate_loss(
-        run.forward, run.val_examples, run.cfg.train.batch_size, run.pad_id, run.accelerator
-    )
-    if run.logger:
-        run.logger.log(state.step, val_loss=state.val_loss)
+    state.val_loss = _val_loss(run, state.step)
     if state.val_loss < state.best_val_loss:
         state.best_val_loss, state.evals_without_gain = state.val_loss, 0
         return True
     state.evals_without_gain += 1
     return False
+
+
+def _val_loss(run: Training, step: int) -> float:
+    """The loss on the validation split, logged with the objective's metrics there."""
+    val_loss = evaluate_loss(
+        run.forward, run.val_data.batches(run.cfg.train.batch_size), run.accelerator
+    )
+    metrics = {f"val_{key}": value for key, value in run.objective_metrics().items()}
+    if run.logger:
+        run.logger.log(step, val_loss=val_loss, **metrics)
+    return val_loss
 
 
 def save_state(run: Training, state: TrainState) -> None:
@@ -246,13 +255,8 @@ def finish(run: Training, state: TrainState, fitted: Fitted) -> TrainResult:
         with torch.no_grad():
             for name, value in fitted.best_weights.items():
                 run.trainable[name].copy_(value)
-    if run.val_examples:
-        tc = run.cfg.train
-        result.val_loss = evaluate_loss(
-            run.forward, run.val_examples, tc.batch_size, run.pad_id, run.accelerator
-        )
-        if run.logger:
-            run.logger.log(state.step, val_loss=result.val_loss)
+    if run.val_data:
+        result.val_loss = _val_loss(run, state.step)
     if run.logger:
         run.logger.close()
     whole = run.parallelism.whole_state_dict(run.model)  # collective: every rank takes part

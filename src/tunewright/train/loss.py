@@ -117,3 +117,26 @@ def chunked_cross_entropy(
         selected, lm_head_weight, targets, weights, chunk_tokens, soft
     )
     return total, weights.sum()
+
+
+@torch.no_grad()
+def sequence_log_probs(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `labels` [B, T]: the summed log-probability of its labelled tokens, and how
+    many there are ([B] float32 each). No graph is kept: chunk by chunk, as the loss above."""
+    selected, targets, _ = select_trained_positions(hidden, labels)
+    # the row of each selected position, in the order the boolean mask selects them (row-major)
+    rows = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0].to(hidden.device)
+    weight = lm_head_weight.to(selected.dtype)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, len(targets), chunk_tokens):
+        span = slice(start, start + chunk_tokens)
+        logits = (selected[span] @ weight.T).float()
+        picked = logits.gather(1, targets[span, None]).squeeze(1)
+        sums.index_add_(0, rows[span], picked - torch.logsumexp(logits, dim=-1))
+    counts = torch.bincount(rows, minlength=labels.shape[0]).float()
+    return sums, counts

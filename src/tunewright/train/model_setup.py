@@ -93,6 +93,24 @@ def causal_lm_of(model: nn.Module) -> PreTrainedModel:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
+def body_hidden_states(
+    causal_lm: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    prefix_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The model body's last hidden states [B, T, H]: the chunked losses start from them."""
+    if prefix_ids is not None:  # rows that all follow one shared prefix (train/shared_prefix.py)
+        return body_after_prefix(causal_lm, prefix_ids, input_ids, attention_mask)
+    return causal_lm.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+    ).last_hidden_state
+
+
 class ChunkedLossForward(nn.Module):
     """Model body + memory-lean loss as one module, so DDP/FSDP wrap the whole training forward.
 
@@ -117,17 +135,7 @@ class ChunkedLossForward(nn.Module):
         hard_share=None,
     ):
         causal_lm = causal_lm_of(self.model)
-        if (
-            prefix_ids is not None
-        ):  # rows that all follow one shared prefix (train/shared_prefix.py)
-            hidden = body_after_prefix(causal_lm, prefix_ids, input_ids, attention_mask)
-        else:
-            hidden = causal_lm.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=False,
-            ).last_hidden_state
+        hidden = body_hidden_states(causal_lm, input_ids, attention_mask, position_ids, prefix_ids)
         return chunked_cross_entropy(
             hidden,
             causal_lm.lm_head.weight,

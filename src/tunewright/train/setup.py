@@ -1,13 +1,16 @@
 """Everything one training run needs, built once: `setup` loads the model and the data, makes
-the optimiser and the learning-rate schedule, chooses every mode (packing, shared prefix, label
-weighting, frozen-layer cache, DDP or FSDP, dry run) and restores the newest checkpoint's state
-under `train.resume`. `train/loop.py` then runs what it built.
+the optimiser and the learning-rate schedule, chooses every mode (the objective: SFT or
+preference pairs; packing, shared prefix, label weighting, frozen-layer cache, DDP or FSDP, dry
+run) and restores the newest checkpoint's state under `train.resume`. `train/loop.py` then runs
+what it built.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -21,7 +24,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from tunewright.config import RunConfig, TrainConfig, save_config
 from tunewright.dataset.prepared import PreparedDataset
-from tunewright.dataset.tokenize import ChatTokenizer, TokenizedExample
+from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.hardware import cpu_only, resolve_precision
 from tunewright.models import load_model
 from tunewright.train.batching import batch_schedule
@@ -31,9 +34,12 @@ from tunewright.train.host_memory import release_freed_tensors_to_os
 from tunewright.train.metrics_log import MetricsLogger
 from tunewright.train.micro_batches import MicroBatches
 from tunewright.train.model_setup import apply_training_method, make_optimizer
+from tunewright.train.pairs import PairBatches, preference_data, with_reference
 from tunewright.train.parallel import Parallelism, choose_parallelism
+from tunewright.train.preference import preference_forward
 from tunewright.train.replay import base_replay, encode_replay, repeated_to_share
 from tunewright.train.state import TrainState
+from tunewright.train.steps import PlainValidation
 from tunewright.train.teacher import base_distributions
 from tunewright.train.time_budget import BudgetProgress, budget_scheduler
 
@@ -53,8 +59,11 @@ class Training:
     budget: BudgetProgress | None  # train.max_minutes: the scheduler decays over the time spent
     tokenizer: PreTrainedTokenizerBase
     precision: str
-    data: MicroBatches
-    val_examples: list[TokenizedExample]
+    data: MicroBatches | PairBatches  # the training units: examples (or packed rows), or pairs
+    val_data: PlainValidation | PairBatches
+    # the objective's own metrics since the last call (DPO's reward margin, ...; {} for SFT).
+    # Collective: every rank calls it
+    objective_metrics: Callable[[], dict[str, float]]
     schedule: list[list[int]]  # every micro-batch of the run, in order, for all ranks at once
     micro_batches_per_step: int  # over all ranks
     planned_steps: int
@@ -127,20 +136,29 @@ def setup(
             )
         replay = repeated_to_share(encoded, len(dataset.train), tc.general_replay_share)
         replay_note = f" + {len(replay)} general replay rows ({len(chats)} chats)"
-    data = MicroBatches.build(
-        chat,
-        dataset.train,
-        loaded.tokenizer.pad_token_id,
-        packing=tc.packing,
-        max_seq_len=cfg.data.max_seq_len,
-        extra=replay,
-        extra_teachers=teachers,
-        teacher_weight=tc.general_replay_kl,
-        # a shared prefix runs a layer twice per forward: not under activation checkpointing
-        # (its layers drop the cache) nor FSDP (each call would gather the layer's shards again)
-        share_prefix=tc.shared_prefix and not (tc.activation_checkpointing or parallelism.sharded),
-        label_weighting=tc.label_weighting,
-    )
+    # a shared prefix runs a layer twice per forward: not under activation checkpointing (its
+    # layers drop the cache) nor FSDP (each call would gather the layer's shards again)
+    share_prefix = tc.shared_prefix and not (tc.activation_checkpointing or parallelism.sharded)
+    if tc.objective == "sft":
+        data = MicroBatches.build(
+            chat,
+            dataset.train,
+            loaded.tokenizer.pad_token_id,
+            packing=tc.packing,
+            max_seq_len=cfg.data.max_seq_len,
+            extra=replay,
+            extra_teachers=teachers,
+            teacher_weight=tc.general_replay_kl,
+            share_prefix=share_prefix,
+            label_weighting=tc.label_weighting,
+        )
+        val_data = PlainValidation(
+            [chat.encode_example(e) for e in dataset.val], loaded.tokenizer.pad_token_id
+        )
+    else:
+        data, val_data = preference_data(
+            chat, dataset, tc.objective, loaded.tokenizer.pad_token_id, share_prefix=share_prefix
+        )
 
     schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed, data.groups)
     per_step = tc.grad_accum_steps * world
@@ -150,16 +168,30 @@ def setup(
 
     model = apply_training_method(loaded.model, tc, precision)
     model.train()
-    # LoRA on the top layers only: later epochs start from the frozen layers' cached output
-    forward, cache_note = choose_forward(
-        model,
-        tc,
-        data,
-        _own_micro_batches(schedule[: planned_steps * per_step], per_step, accelerator),
-        pad_id=loaded.tokenizer.pad_token_id,
-        sharded=parallelism.sharded,
-        processes=world,
-    )
+    if tc.objective == "sft":
+        # LoRA on the top layers only: later epochs start from the frozen layers' cached output
+        forward, cache_note = choose_forward(
+            model,
+            tc,
+            data,
+            _own_micro_batches(schedule[: planned_steps * per_step], per_step, accelerator),
+            pad_id=loaded.tokenizer.pad_token_id,
+            sharded=parallelism.sharded,
+            processes=world,
+        )
+
+        def objective_metrics() -> dict[str, float]:
+            return {}
+    else:
+        if tc.objective == "dpo":  # the reference: the model as it is before training
+            data, val_data = with_reference(
+                model.to(accelerator.device),
+                (data, val_data),
+                loaded.tokenizer.pad_token_id,
+                accelerator.autocast,
+            )
+        forward, stats, cache_note = preference_forward(model, tc)
+        objective_metrics = partial(stats.take, accelerator)
     parallelism.shard(forward, accelerator.device)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(model, trainable, tc)
@@ -215,7 +247,8 @@ def setup(
         tokenizer=loaded.tokenizer,
         precision=precision,
         data=data,
-        val_examples=[chat.encode_example(e) for e in dataset.val],
+        val_data=val_data,
+        objective_metrics=objective_metrics,
         schedule=schedule,
         micro_batches_per_step=per_step,
         planned_steps=planned_steps,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -10,19 +13,35 @@ from tunewright.dataset.tokenize import TokenizedExample
 from tunewright.train.batching import collate
 
 
+@dataclass(frozen=True)
+class PlainValidation:
+    """SFT's validation examples, collated as they are (no shared prefix, no class weights)."""
+
+    examples: list[TokenizedExample]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Every example once, length-sorted, `batch_size` a batch."""
+        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].input_ids))
+        for start in range(0, len(order), batch_size):
+            yield collate(
+                [self.examples[i] for i in order[start : start + batch_size]], self.pad_id
+            )
+
+
 @torch.no_grad()
-def evaluate_loss(
-    forward, examples: list[TokenizedExample], batch_size: int, pad_id: int, accelerator
-) -> float:
-    """Mean per-token loss over `examples` (teacher forcing); restores training mode after."""
+def evaluate_loss(forward, batches: Iterable[dict[str, torch.Tensor]], accelerator) -> float:
+    """Mean loss over `batches` (the forward's summed loss over its summed weight: per token
+    for SFT, per pair for preference objectives); restores training mode after."""
     forward.eval()
     total, weight = 0.0, 0.0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+    for batch in batches:
         with accelerator.autocast():
-            nll_sum, w = forward(**batch)
-        total += float(nll_sum)
+            loss_sum, w = forward(**batch)
+        total += float(loss_sum)
         weight += float(w)
     forward.train()
     return total / max(weight, 1e-9)
