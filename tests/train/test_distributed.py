@@ -86,6 +86,55 @@ def test_two_processes_match_one_with_the_same_global_batch(
         assert all(not torch.equal(initial[k], b[k]) for k in initial if k in b)
 
 
+@pytest.mark.slow
+def test_a_short_last_step_leaves_no_rank_waiting(tmp_path, tiny_model_dir):
+    """Five micro-batches on two processes: the last step has one, so one rank has none of its
+    own; the run must still finish, with the weights of one process taking the same steps."""
+    from rich.console import Console
+
+    from tunewright.data.prepare import prepare
+
+    env = worker_env()
+    single, double = tmp_path / "one", tmp_path / "two"
+    cfg = config(single, tiny_model_dir)
+    config(double, tiny_model_dir)
+    batches_per_epoch = -(-len(prepare(cfg, console=Console(quiet=True)).train) // 4)
+    common = [
+        "train.batch_size=4",
+        "train.lr_warmup_steps=0",
+        f"train.epochs={5 / batches_per_epoch!r}",  # five micro-batches: steps of 2, 2 and 1
+    ]
+    runs = {
+        single: [
+            sys.executable,
+            str(WORKER),
+            str(single / "r.yaml"),
+            *common,
+            "train.grad_accum_steps=2",
+        ],
+        double: [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKER),
+            str(double / "r.yaml"),
+            *common,
+        ],
+    }
+    for command in runs.values():
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads((r / "runs" / "t" / "training.json").read_text()) for r in runs]
+    assert [s["steps"] for s in summaries] == [3, 3]
+    a, b = trained_weights(single, "lora"), trained_weights(double, "lora")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 STEPS = 8
 RESUMABLE = [
     "train.fsdp=true",

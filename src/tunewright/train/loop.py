@@ -107,6 +107,7 @@ def fit(run: Training, state: TrainState, console: Console) -> Fitted:
     world, rank = accelerator.num_processes, accelerator.process_index
     started, seconds_before = time.perf_counter(), state.train_seconds
     timed_from, tokens_at_timing = None, state.trained_tokens
+    last_own: list[int] | None = None  # this rank's latest micro-batch
     with progress_bar(console, disable=not accelerator.is_main_process) as progress:
         task = progress.add_task(
             "train", total=run.last_step, completed=state.step, loss=math.nan, lr=0.0, tps=0.0
@@ -117,13 +118,19 @@ def fit(run: Training, state: TrainState, console: Console) -> Fitted:
             # accumulation and data parallelism both equal one big batch
             step_weight = sum(run.data.weight(indices) for indices in step_batches)
             step_loss = torch.zeros(())
-            for indices in step_batches[rank::world]:
+            own = step_batches[rank::world]
+            # A short last step can leave a rank without a micro-batch, yet DDP and FSDP need
+            # every rank in each gradient all-reduce (else the others wait for ever): it runs
+            # its previous micro-batch again with weight 0, changing nothing.
+            for indices in own or [last_own or step_batches[0]]:
                 with accelerator.autocast():
                     nll_sum, _ = run.forward(**run.data.collate(indices))
                 # DDP and FSDP average gradients over ranks; scale so the result is the global sum
-                accelerator.backward(nll_sum * world / step_weight)
-                step_loss += nll_sum.detach().float() / step_weight
-                state.trained_tokens += run.data.tokens(indices) * world
+                share = world / step_weight if own else 0.0
+                accelerator.backward(nll_sum * share)
+                step_loss += nll_sum.detach().float() * share / world
+                last_own = indices
+            state.trained_tokens += sum(run.data.tokens(indices) for indices in step_batches)
             step_loss = float(accelerator.reduce(step_loss, reduction="sum"))
             objective_metrics = run.objective_metrics()  # e.g. DPO's reward margin; {} for SFT
             max_norm = tc.max_grad_norm or math.inf

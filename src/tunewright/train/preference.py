@@ -15,8 +15,8 @@ Each loss is a function of every sequence's summed answer log-probability logπ(
 
 (Rafailov et al. 2023; Azar et al. 2023; Hong et al. 2024; the conventions of TRL's DPOTrainer
 and ORPOTrainer, except that ORPO's NLL term is a mean per pair, not per token of the batch, so
-that a step's loss is a sum over pairs like the others.) The reference log-probs are the base
-model's, computed once at setup before the adapter exists (train/pairs.py): no second model.
+that a step's loss is a sum over pairs like the others.) The reference log-probs are the model's
+before training, computed once at setup (train/pairs.py): no second model.
 
 Memory-lean gradients: materialising a micro-batch's logits over the 49k vocabulary for autograd
 is what the chunked SFT loss (train/loss.py) exists to avoid. The loss depends on the weights only
