@@ -59,7 +59,9 @@ def test_a_dpo_job_trains_on_preference_pairs(client, studio, pairs_jsonl, tiny_
     metrics = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert any(any("reward" in key for key in row) for row in metrics), metrics[:2]
     answer = client.chat.completions.create(
-        model=done.fine_tuned_model, messages=[{"role": "user", "content": "I lost my card"}]
+        model=done.fine_tuned_model,
+        messages=[{"role": "user", "content": "I lost my card"}],
+        max_tokens=4,
     )
     assert answer.choices[0].message.content is not None
 
