@@ -154,6 +154,15 @@ def test_invalid_json_and_unknown_routes(server):
         headers={"content-type": "application/json"},
     )
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    # bytes that decode as no text at all (found by benchmarks/fuzz_apis.py): a 400, not a 500
+    for route in ("/v1/chat/completions", "/v1/completions"):
+        undecodable = httpx.post(
+            server.url + route,
+            content=b"\xb8\rn\xffh",
+            headers={"content-type": "application/json"},
+        )
+        assert undecodable.status_code == 400, undecodable.text
+        assert "not valid JSON" in undecodable.json()["error"]["message"]
     missing = httpx.get(server.url + "/v1/nothing")
     assert missing.status_code == 404 and "error" in missing.json()
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.studio.conftest import FAST, SYSTEM, chat_jsonl
+from tests.studio.conftest import FAST, KEY, SYSTEM, chat_jsonl
 
 LONG = FAST.replace("train.max_steps=4", "train.max_steps=100000") + " train.epochs=10000"
 from tunewright.errors import TunewrightError
@@ -251,6 +251,7 @@ def test_another_address_needs_an_api_key(tmp_path):
             "u.jsonl:1: invalid UTF-8",
         ),
         (b"a,b\n1,2\n", "fine-tune", "u.jsonl:1: broken JSON"),
+        ('{"messages": []}\n'.encode("utf-16"), "fine-tune", "u.jsonl:1: "),
         (b"\n\n", "fine-tune", "holds no examples"),
     ],
 )
@@ -262,3 +263,65 @@ def test_unusable_uploads_are_refused_and_nothing_is_stored(
         client.files.create(file=("u.jsonl", content), purpose=purpose)
     assert expected in refused.value.body["message"]
     assert set(studio.studio.files_dir.iterdir()) == stored
+
+
+def test_an_oversized_upload_is_a_413_and_nothing_is_stored(tmp_path, tiny_model_dir):
+    small = start_studio(
+        StudioSettings(
+            port=0, home=tmp_path, model=str(tiny_model_dir), api_key=KEY, max_upload_bytes=1024
+        )
+    )
+    try:
+        row = b'{"messages": [{"role": "user", "content": "hi"}, '
+        row += b'{"role": "assistant", "content": "hello"}]}\n'
+        big = row * (1024 // len(row) + 1)
+        headers = {"Authorization": f"Bearer {KEY}"}
+        stored = set(small.studio.files_dir.iterdir())
+        declared = httpx.post(  # the size is declared: refused before the body is read
+            small.url + "/v1/files",
+            files={"file": ("big.jsonl", big)},
+            data={"purpose": "fine-tune"},
+            headers=headers,
+        )
+        # a form just over the limit, whose file part is over it too (the declared length is
+        # allowed some slack for the form's own fields)
+        slack = httpx.post(
+            small.url + "/v1/files",
+            files={"file": ("big.jsonl", row * 30)},
+            data={"purpose": "fine-tune"},
+            headers=headers,
+        )
+        for refused in (declared, slack):
+            assert refused.status_code == 413, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "file_too_large" and error["param"] == "file"
+            assert "1024 bytes" in error["message"] and error["type"] == "invalid_request_error"
+        listed = httpx.get(small.url + "/v1/files", headers=headers).json()
+        assert listed["data"] == []
+        assert set(small.studio.files_dir.iterdir()) == stored
+    finally:
+        small.stop()
+
+
+def test_every_route_but_health_needs_the_key(studio):
+    paths = httpx.get(studio.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"})
+    routes = [
+        (method.upper(), path.replace("{file_id}", "file-x").replace("{job_id}", "ftjob-x"))
+        for path, operations in paths.json()["paths"].items()
+        for method in operations
+    ]
+    routes = [(m, p.replace("{model_id}", "m")) for m, p in routes]
+    assert ("POST", "/v1/fine_tuning/jobs/ftjob-x/cancel") in routes
+    assert ("GET", "/openapi.json") not in routes  # the schema itself is checked below
+    for method, path in [*routes, ("GET", "/openapi.json"), ("GET", "/docs")]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            answer = httpx.request(method, studio.url + path, headers=headers)
+            if path == "/health":
+                assert answer.status_code == 200
+            elif path.startswith("/v1/"):
+                assert answer.status_code == 401, (method, path, answer.status_code)
+                assert answer.json()["error"]["message"]
+            elif answer.status_code == 303:  # a page: off to the sign-in form
+                assert answer.headers["location"].startswith("/login?next="), path
+            else:  # the key was sent, wrongly, as a header: refused outright
+                assert answer.status_code == 401, (method, path, answer.status_code)

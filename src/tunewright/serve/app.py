@@ -166,7 +166,7 @@ async def _parse(request: Request, cls, settings: ServeSettings):
             )
     try:
         return cls.model_validate(json.loads(raw))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # bytes that are no JSON text
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
     except ValidationError as e:
         raise ApiError(400, _validation_message(e.errors()), param=_loc(e.errors()[0])) from None
