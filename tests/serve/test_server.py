@@ -214,3 +214,35 @@ def test_cli_refuses_a_public_address_before_loading_anything(tiny_model_dir):
         app, ["serve", str(tiny_model_dir), "--host", "0.0.0.0"], env={"TUNEWRIGHT_API_KEY": ""}
     )
     assert result.exit_code == 1 and "without an API key" in result.output
+
+
+def test_accepted_connections_send_without_nagle_delay():
+    """asyncio turns TCP_NODELAY on only for sockets created as TCP; with it off, a response
+    written in parts (headers, then body) waits for the client's delayed ACK on kept-alive
+    connections."""
+    import asyncio
+    import socket
+
+    from tunewright.serve.server import listen
+
+    server_sock = listen(ServeSettings(host="127.0.0.1", port=0))
+    seen: list[int] = []
+
+    async def main():
+        def accepted(reader, writer):
+            sock = writer.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=server_sock)
+        port = server_sock.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    asyncio.run(main())
+    assert seen and seen[0] != 0
