@@ -18,45 +18,30 @@ from tunewright.dataset.tokenize import IGNORE_INDEX, TokenizedExample
 _SORT_WINDOW_BATCHES = 32  # larger: less padding, less randomness
 
 
-def epoch_batches(
-    lengths: list[int], batch_size: int, seed: int, groups: list[int] | None = None
-) -> list[list[int]]:
-    """One epoch of micro-batches (lists of example indices), length-grouped and shuffled.
-    With `groups`, a micro-batch holds units of one group only (see `batch_schedule`)."""
+def epoch_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """One epoch of micro-batches (lists of example indices), length-grouped and shuffled."""
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
     window = batch_size * _SORT_WINDOW_BATCHES
     batches = []
     for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        for group in sorted({groups[i] for i in chunk}) if groups else [None]:
-            members = [i for i in chunk if group is None or groups[i] == group]
-            members.sort(key=lambda i: lengths[i])
-            batches.extend(members[i : i + batch_size] for i in range(0, len(members), batch_size))
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
 
 
 def batch_schedule(
-    lengths: list[int],
-    batch_size: int,
-    epochs: float,
-    seed: int,
-    groups: list[int] | None = None,
+    lengths: list[int], batch_size: int, epochs: float, seed: int
 ) -> list[list[int]]:
-    """All micro-batches of the run; a fractional epoch takes a prefix of the last one.
-
-    `groups` (one code per unit) keeps units of different groups out of each other's
-    micro-batches: general replay chats lack the domain's system prompt, and one of them in a
-    domain micro-batch leaves the rows no common prefix to run once (train/shared_prefix.py).
-    A single group gives the same schedule as none."""
+    """All micro-batches of the run; a fractional epoch takes a prefix of the last one."""
     per_epoch = math.ceil(len(lengths) / batch_size)
     total = max(1, round(per_epoch * epochs))
     schedule: list[list[int]] = []
     epoch = 0
     while len(schedule) < total:
-        schedule.extend(epoch_batches(lengths, batch_size, seed + epoch, groups))
+        schedule.extend(epoch_batches(lengths, batch_size, seed + epoch))
         epoch += 1
     return schedule[:total]
 

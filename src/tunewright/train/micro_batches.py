@@ -55,7 +55,6 @@ class MicroBatches:
     unit_weights: list[float]  # each unit's loss normaliser: its trained tokens' own weight
     teachers: Sequence[Teacher | None] = ()  # per unit, with soft targets (train/teacher.py)
     teacher_weight: float = 0.0  # the share of a taught token's target that is the teacher's
-    extra_from: int | None = None  # units from here on are `extra` (plain rows only)
 
     @classmethod
     def build(
@@ -112,20 +111,11 @@ class MicroBatches:
         normalising = arrange(plain) if by_label else units
         weights = [trained_weight(whole_rows([unit])) for unit in normalising]
         teachers = [None] * len(examples) + list(extra_teachers) if extra_teachers else ()
-        extra_from = len(examples) if extra and not packing else None
-        return cls(units, collate_units, weights, teachers, teacher_weight, extra_from)
+        return cls(units, collate_units, weights, teachers, teacher_weight)
 
     @property
     def lengths(self) -> list[int]:
         return [len(u.input_ids) for u in self.units]
-
-    @property
-    def groups(self) -> list[int] | None:
-        """1 for `extra` units, 0 for the examples': the batch schedule keeps them apart
-        (train/batching.py); None when there is nothing to keep apart."""
-        if self.extra_from is None:
-            return None
-        return [int(i >= self.extra_from) for i in range(len(self.units))]
 
     def weight(self, indices: list[int]) -> float:
         return sum(self.unit_weights[i] for i in indices)

@@ -120,11 +120,6 @@ class PairBatches:
         """A pair's width in a batch: its longer side."""
         return [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in self.pairs]
 
-    @property
-    def groups(self) -> None:
-        """Every pair is of one kind: nothing for the batch schedule to keep apart."""
-        return None
-
     def weight(self, indices: list[int]) -> float:
         return float(len(indices))  # each pair weighs 1: the loss is a mean over pairs
 

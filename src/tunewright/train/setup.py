@@ -160,7 +160,7 @@ def setup(
             chat, dataset, tc.objective, loaded.tokenizer.pad_token_id, share_prefix=share_prefix
         )
 
-    schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed, data.groups)
+    schedule = batch_schedule(data.lengths, tc.batch_size, tc.epochs, tc.seed)
     per_step = tc.grad_accum_steps * world
     planned_steps = math.ceil(len(schedule) / per_step)
     if tc.max_steps is not None:
