@@ -2,8 +2,8 @@
 fixed budget of time.
 
 Run: .venv/bin/python benchmarks/domain_uplift.py [--budget-minutes 15] [--quick]
-         [--recipes customer-support,finance,healthcare,healthcare-qa] [--output-dir runs/domain-uplift]
-         [KEY=VALUE ...]
+         [--recipes customer-support,finance,healthcare,healthcare-qa,customer-support-dpo,healthcare-qa-dpo]
+         [--output-dir runs/domain-uplift] [KEY=VALUE ...]
 
 Healthcare has two recipes: PubMedQA (yes/no/maybe, macro-F1) and MedQuAD question answering
 (ROUGE-L), the fallback headline should PubMedQA not move a 135M model.
@@ -28,6 +28,12 @@ predict) and whether one matches the tuned model (McNemar p >= 0.05, or better):
 fine-tuned LLM is not needed for accuracy on that recipe. The same goes to `<output-dir>/summary.json`
 and `summary.md`.
 
+The preference recipes (customer-support-dpo, healthcare-qa-dpo) are measured by
+`preference_uplift.py`'s `measure_recipe`: SFT alone vs SFT + DPO vs SFT + ORPO at equal total time,
+with paired tests, and DPO/ORPO training tokens/s against SFT on the same pairs. They keep their own
+budgets (the SFT stage's `train.max_minutes`, then `preference.max_minutes`), not `--budget-minutes`;
+their tables follow the main one.
+
 `--quick` checks that all of this works in minutes: at most 30 training steps of batch 4, 50 test
 rows, no general-knowledge check. Its scores mean nothing.
 """
@@ -48,10 +54,13 @@ from tunewright.config import load_config
 from tunewright.pipeline import run
 
 sys.path.insert(0, str(Path(__file__).parent))
+from preference_uplift import QUICK as PREFERENCE_QUICK  # noqa: E402
+from preference_uplift import RECIPES as PREFERENCE_RECIPES  # noqa: E402
+from preference_uplift import measure_recipe  # noqa: E402
 from train_throughput import matmul_rates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ("customer-support", "finance", "healthcare", "healthcare-qa")
+RECIPES = ("customer-support", "finance", "healthcare", "healthcare-qa", *PREFERENCE_RECIPES)
 # The shipped recipes are sized for a ~10-minute demo (a 2,000-row sample of the training split,
 # one epoch). Under a time budget, the benchmark lets each see as much data as the budget allows:
 # the whole training split (one pass, cut by train.max_steps), or several passes where the split
@@ -250,7 +259,7 @@ def classifier_verdict(result: dict) -> str:
     )
 
 
-def write_markdown(results: list[dict], path: Path, header: str) -> None:
+def write_markdown(results: list[dict], preference: list[str], path: Path, header: str) -> None:
     lines = [
         "# Domain uplift",
         "",
@@ -262,6 +271,8 @@ def write_markdown(results: list[dict], path: Path, header: str) -> None:
     for result in results:
         lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
     lines += [""] + [f"- {verdict(r)}" for r in results]
+    if preference:
+        lines += ["", "## Preference tuning after SFT, at equal total time", "", *preference]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -294,10 +305,19 @@ def main() -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: list[dict] = []
+    preference: dict[str, dict] = {}
+    preference_lines: list[str] = []
     for name in args.recipes.split(","):
-        results.append(
-            run_recipe(name, args.budget_minutes * 60, overrides, args.output_dir, console)
-        )
+        if name in PREFERENCE_RECIPES:
+            own = [*(PREFERENCE_QUICK if args.quick else []), *args.overrides]
+            preference[name], lines = measure_recipe(
+                name, ["dpo", "orpo"], own, args.output_dir, 30.0, console
+            )
+            preference_lines += [*lines, ""]
+        else:
+            results.append(
+                run_recipe(name, args.budget_minutes * 60, overrides, args.output_dir, console)
+            )
         # written after every recipe, so a long run interrupted later still leaves its results
         header = (
             f"Training budget {args.budget_minutes:g} min per recipe"
@@ -306,9 +326,9 @@ def main() -> None:
             f"{rate_text} (measured at the start)."
         )
         (args.output_dir / "summary.json").write_text(
-            json.dumps({"header": header, "results": results}, indent=2)
+            json.dumps({"header": header, "results": results, "preference": preference}, indent=2)
         )
-        write_markdown(results, args.output_dir / "summary.md", header)
+        write_markdown(results, preference_lines, args.output_dir / "summary.md", header)
 
     table = Table(title="Domain uplift: " + header)
     for column in (
@@ -324,9 +344,12 @@ def main() -> None:
         for row in table_rows(result):
             table.add_row(*row)
     out = Console()
-    out.print(table)
+    if results:
+        out.print(table)
     for result in results:
         out.print(verdict(result), highlight=False)
+    if preference_lines:
+        out.print("\n".join(preference_lines), highlight=False)
     out.print(f"summary: {args.output_dir / 'summary.md'}", highlight=False)
 
 

@@ -7,8 +7,8 @@ The preference recipes of `domain_uplift.py`'s family (recipes/*-dpo.yaml). For 
 1. one chained run per objective (`tunewright.pipeline.run`): SFT for the recipe's
    `train.max_minutes`, pairs from the models' own answers, then DPO or ORPO for
    `preference.max_minutes`, into `<output-dir>/<recipe>/<objective>/`;
-2. SFT alone at equal total time: one run with the preference section removed and
-   `train.max_minutes` raised by the longest chained run's extra time (building the pairs plus
+2. SFT alone at equal total time: one run with the preference section removed, trained for
+   the longest chained run's measured time (its SFT stage, building the pairs and
    preference training), into `<output-dir>/<recipe>/sft-alone/`. Its evaluation also scores the
    chained runs' final models (`dpo`, `orpo`) and their SFT stage (`sft`, at the shorter
    budget) through `evaluate.compare_runs`, so every model answers the same test rows and the
@@ -150,14 +150,14 @@ def summarise(name: str, chains: dict, alone: dict, speed: dict, minutes: float)
     lines = [
         f"### {name}",
         "",
-        f"SFT alone: {minutes:g} min of training. Chained: SFT for the recipe's budget, then "
+        f"SFT alone: {minutes:.1f} min of training. Chained: SFT for the recipe's budget, then "
         "pairs and preference training (extra seconds below). Same test rows for every model "
         f"({alone['n_examples']}).",
         "",
         "| model | headline (95% CI) | SFT alone minus this (95% CI), p | extra s | pairs | pref. tokens/s |",
         "|---|---|---|---|---|---|",
         f"| base 0-shot | {_metric(alone, 'base_0shot')} | | | | |",
-        f"| SFT alone ({minutes:g} min) | {_metric(alone, 'tuned')} | | | | |",
+        f"| SFT alone ({minutes:.1f} min) | {_metric(alone, 'tuned')} | | | | |",
         f"| SFT stage only | {_metric(alone, SFT_STAGE)} | {_paired(alone, SFT_STAGE)} | | | |",
     ]
     for objective, chain in chains.items():
@@ -174,6 +174,32 @@ def summarise(name: str, chains: dict, alone: dict, speed: dict, minutes: float)
     if alone.get("general"):
         lines.append(f"General check (SFT alone): {alone['general'].get('sentence', '')}")
     return lines
+
+
+def measure_recipe(
+    name: str,
+    objectives: list[str],
+    overrides: list[str],
+    output_dir: Path,
+    speed_seconds: float,
+    console: Console,
+) -> tuple[dict, list[str]]:
+    """Steps 1-3 of the module's docstring for one recipe, into `output_dir/name`: its summary
+    and its Markdown lines. `domain_uplift.py` calls this for the preference recipes."""
+    recipe = ROOT / "recipes" / f"{name}.yaml"
+    out = output_dir / name
+    chains = {
+        objective: chained(recipe, objective, overrides, out, console) for objective in objectives
+    }
+    # Equal total time: the longest chain's SFT stage plus its pairs and preference training
+    # (measured, not the recipe's budgets: a stage may stop before its budget is spent).
+    minutes = max(c["sft_seconds"] + c["extra_seconds"] for c in chains.values()) / 60
+    first = next(iter(chains.values()))["run_dir"]
+    compare = [c["run_dir"] for c in chains.values()] + [str(Path(first) / SFT_STAGE)]
+    alone = sft_alone(recipe, minutes, compare, overrides, out, console)
+    speed = pairs_sft_speed(Path(first), speed_seconds, console)
+    summary = {"chains": chains, "sft_alone": alone, "pairs_sft": speed}
+    return summary, summarise(name, chains, alone, speed, minutes)
 
 
 def main() -> None:
@@ -194,21 +220,15 @@ def main() -> None:
     started = time.perf_counter()
     report, summary = [], {"rates": rates, "overrides": overrides, "recipes": {}}
     for name in args.recipes.split(","):
-        recipe = ROOT / "recipes" / f"{name}.yaml"
-        out = args.output_dir / name
-        chains = {
-            objective: chained(recipe, objective, overrides, out, console)
-            for objective in args.objectives.split(",")
-        }
-        base_minutes = load_config(recipe, overrides).train.max_minutes or 0
-        extra = max(c["extra_seconds"] for c in chains.values())
-        minutes = base_minutes + extra / 60
-        first = next(iter(chains.values()))["run_dir"]
-        compare = [c["run_dir"] for c in chains.values()] + [str(Path(first) / SFT_STAGE)]
-        alone = sft_alone(recipe, minutes, compare, overrides, out, console)
-        speed = pairs_sft_speed(Path(first), args.speed_seconds, console)
-        summary["recipes"][name] = {"chains": chains, "sft_alone": alone, "pairs_sft": speed}
-        report += summarise(name, chains, alone, speed, minutes) + [""]
+        summary["recipes"][name], lines = measure_recipe(
+            name,
+            args.objectives.split(","),
+            overrides,
+            args.output_dir,
+            args.speed_seconds,
+            console,
+        )
+        report += lines + [""]
         args.output_dir.mkdir(parents=True, exist_ok=True)
         header = (
             f"{rate_text} (measured at the start); overrides: {' '.join(overrides) or 'none'}; "
