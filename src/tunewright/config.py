@@ -258,6 +258,12 @@ class TrainConfig(_Strict):
         le=0.5,
         description="Share of training rows that are general replay; the chats are repeated to reach it (default: each chat once).",
     )
+    general_replay_answer_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Replay: train only the first N tokens of each replayed answer (shorter, cheaper rows); null: the whole answer (at most 64 tokens).",
+    )
     eval_every_steps: int | None = Field(
         None, ge=1, description="Validation loss every N steps (default: at the end only)."
     )

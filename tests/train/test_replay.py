@@ -129,6 +129,23 @@ def test_replayed_chats_train_the_answer_without_the_runs_system_prompt(tiny_mod
     assert encode_replay([ReplayChat("word " * 300, "Rain.")], tokenizer, 64) == []
 
 
+def test_replay_answer_tokens_trains_and_runs_only_the_answers_start(tiny_model_dir):
+    tokenizer = load_model(str(tiny_model_dir)).tokenizer
+    stops = set(stop_token_ids(tokenizer))
+    long = ReplayChat("Describe rain.", "Rain is water that falls from clouds to the ground. " * 3)
+    [whole] = encode_replay([long], tokenizer, 256)
+    [short] = encode_replay([long], tokenizer, 256, answer_tokens=5)
+    trained = [t for t in short.labels if t != IGNORE_INDEX]
+    assert len(trained) == 5 and not [t for t in trained if t in stops]
+    # the same tokens as the whole answer's start, and nothing after the cut is run
+    assert short.input_ids == whole.input_ids[: len(short.input_ids)]
+    assert short.labels[-1] != IGNORE_INDEX and len(short.input_ids) < len(whole.input_ids)
+    # an answer shorter than the limit is kept whole, its end of turn trained
+    [ended] = encode_replay([ReplayChat("Describe rain.", "Rain.")], tokenizer, 256, 30)
+    assert ended == encode_replay([ReplayChat("Describe rain.", "Rain.")], tokenizer, 256)[0]
+    assert [t for t in ended.labels if t in stops]
+
+
 def test_base_replay_is_the_base_models_greedy_answers_and_is_cached(tmp_path, tiny_model_dir):
     loaded = load_model(str(tiny_model_dir))
     chats = base_replay(

@@ -175,11 +175,15 @@ def repeated_to_share(
 
 
 def encode_replay(
-    chats: list[ReplayChat], tokenizer: PreTrainedTokenizerBase, max_seq_len: int
+    chats: list[ReplayChat],
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_len: int,
+    answer_tokens: int | None = None,
 ) -> list[TokenizedExample]:
     """Training examples of the replayed chats, without the run's system prompt. An unfinished
-    answer keeps its end-of-turn token untrained; one longer than `max_seq_len` is cut to fit, the
-    same way; a chat whose prompt alone does not fit is left out."""
+    answer keeps its end-of-turn token untrained; one longer than `max_seq_len`, or than
+    `answer_tokens` answer tokens, is cut to fit, the same way (the tokens after the cut are not
+    run at all); a chat whose prompt alone does not fit is left out."""
     chat = ChatTokenizer(tokenizer, None, 1_000_000)
     stops = set(stop_token_ids(tokenizer))
     encoded = []
@@ -190,14 +194,19 @@ def encode_replay(
                 source="general replay",
             )
         )
-        cut = len(example.input_ids) > max_seq_len
-        labels = list(example.labels[:max_seq_len])
+        limit = max_seq_len
+        if answer_tokens is not None:
+            first = next((i for i, x in enumerate(example.labels) if x != IGNORE_INDEX), None)
+            if first is not None:
+                limit = min(limit, first + answer_tokens)
+        cut = len(example.input_ids) > limit
+        labels = list(example.labels[:limit])
         if not c.finished or cut:
             trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
             if trained and labels[trained[-1]] in stops:
                 labels[trained[-1]] = IGNORE_INDEX
         if all(label == IGNORE_INDEX for label in labels):
             continue  # nothing of the answer fits
-        weights = None if example.loss_weights is None else example.loss_weights[:max_seq_len]
-        encoded.append(TokenizedExample(example.input_ids[:max_seq_len], labels, weights))
+        weights = None if example.loss_weights is None else example.loss_weights[:limit]
+        encoded.append(TokenizedExample(example.input_ids[:limit], labels, weights))
     return encoded

@@ -127,7 +127,9 @@ def setup(
             model_name=cfg.model.name,
             cache_dir=cfg.run_dir / "data",
         )
-        encoded = encode_replay(chats, loaded.tokenizer, cfg.data.max_seq_len)
+        encoded = encode_replay(
+            chats, loaded.tokenizer, cfg.data.max_seq_len, tc.general_replay_answer_tokens
+        )
         if tc.general_replay_kl:  # the base's distributions, before the adapter exists
             teachers = repeated_to_share(
                 base_distributions(loaded.model, encoded, loaded.tokenizer.pad_token_id),
