@@ -54,9 +54,9 @@ from tunewright.config import load_config
 from tunewright.pipeline import run
 
 sys.path.insert(0, str(Path(__file__).parent))
+from preference_uplift import OBJECTIVES, SPEED_SECONDS, measure_recipe  # noqa: E402
 from preference_uplift import QUICK as PREFERENCE_QUICK  # noqa: E402
 from preference_uplift import RECIPES as PREFERENCE_RECIPES  # noqa: E402
-from preference_uplift import measure_recipe  # noqa: E402
 from train_throughput import matmul_rates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,7 +311,7 @@ def main() -> None:
         if name in PREFERENCE_RECIPES:
             own = [*(PREFERENCE_QUICK if args.quick else []), *args.overrides]
             preference[name], lines = measure_recipe(
-                name, ["dpo", "orpo"], own, args.output_dir, 30.0, console
+                name, list(OBJECTIVES), own, args.output_dir, SPEED_SECONDS, console
             )
             preference_lines += [*lines, ""]
         else:

@@ -47,6 +47,8 @@ from train_throughput import matmul_rates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("customer-support-dpo", "healthcare-qa-dpo")
+OBJECTIVES = ("dpo", "orpo")
+SPEED_SECONDS = 30.0  # SFT on the pairs' chosen answers: long enough for a steady tokens/s
 # Every model answers the same rows, with no time budget on evaluation (five models are scored).
 EVAL = ["evaluate.max_minutes=null"]
 QUICK = [
@@ -205,9 +207,9 @@ def measure_recipe(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--objectives", default="dpo,orpo")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES))
     parser.add_argument("--quick", action="store_true", help="Tiny budgets: checks it works.")
-    parser.add_argument("--speed-seconds", type=float, default=30.0)
+    parser.add_argument("--speed-seconds", type=float, default=SPEED_SECONDS)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "preference-uplift")
     parser.add_argument("overrides", nargs="*", help="Dotted overrides for every run.")
     args = parser.parse_args()
