@@ -19,7 +19,8 @@ from tunewright.dataset.example import Message
 from tunewright.dataset.tokenize import ChatTokenizer
 from tunewright.evaluate.compare import paired_comparison, significance_sentence
 from tunewright.evaluate.metrics import normalize_answer
-from tunewright.inference.generate import generate
+from tunewright.inference.generate import Generation, generate
+from tunewright.inference.known_answers import known_answers
 
 # Short facts need few tokens; a longer limit only buys rambling.
 MAX_NEW_TOKENS = 32
@@ -47,16 +48,25 @@ def contains_reference(answer: str, references: tuple[str, ...]) -> bool:
     return any(f" {normalize_answer(ref)} " in haystack for ref in references)
 
 
-def answer_general(model, tokenizer, *, batch_size: int) -> list[str]:
+def generate_general(model, tokenizer, *, batch_size: int) -> list[Generation]:
     """Greedy answers of one model to every general question, in set order."""
     chat = ChatTokenizer(tokenizer, None, _MAX_PROMPT_TOKENS)
     prompts = [chat.encode_prompt((Message("user", item.prompt),)) for item in general_set()]
-    return [
-        g.text
-        for g in generate(
-            model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size
-        )
-    ]
+    return generate(
+        model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size
+    )
+
+
+def answer_general(model, tokenizer, *, batch_size: int) -> tuple[list[str], bool]:
+    """One model's answers to every general question, in set order, and whether they are the
+    shipped answers of this very model (`inference.known_answers`) rather than generated now.
+    Shipped answers count only in the dtype they were made in: the check compares them with the
+    tuned model's answers generated in this dtype now."""
+    prompts = [item.prompt for item in general_set()]
+    shipped = known_answers(model, prompts, MAX_NEW_TOKENS, same_dtype=True)
+    if len(shipped) == len(prompts):
+        return [shipped[p].text for p in prompts], True
+    return [g.text for g in generate_general(model, tokenizer, batch_size=batch_size)], False
 
 
 def forgetting_summary(base_answers: list[str], tuned_answers: list[str]) -> dict:

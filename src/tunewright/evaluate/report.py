@@ -346,6 +346,12 @@ def write_markdown(result: EvalResult, path: Path, *, training: dict | None = No
             "",
             result.general["sentence"] + " (`eval/general.jsonl`)",
         ]
+        if result.general.get("shipped_answers"):
+            names = " and ".join(result.general["shipped_answers"])
+            lines.append(
+                f"The {names} answers are the ones shipped with tunewright for this very model "
+                "(same weights, same dtype), read rather than generated again."
+            )
     if training:
         lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in training.items()]
     if result.outcomes is not None:

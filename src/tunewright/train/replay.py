@@ -20,7 +20,9 @@ for), while training an end-of-turn token after a cut would teach stopping mid-s
 Answers are cached twice. Per model, in tunewright's cache (`$TUNEWRIGHT_CACHE/replay/`): a
 greedy answer depends only on the model's weights, the dtype it ran in and the prompt, so every
 later run of the same model generates only prompts it has not answered before (the first run of a
-recipe pays for generation, the next ones do not). And per run, in the run folder's
+recipe pays for generation, the next ones do not); for the default model the answers to the bundled
+prompts are shipped with tunewright (`inference.known_answers`), so even the first run generates
+none. And per run, in the run folder's
 `data/replay.jsonl`: the record of what this run trained on (a dry run and the real run share it).
 
 How much of training is replay is `general_replay_share`: the chats are repeated (or a seeded
@@ -44,6 +46,7 @@ from tunewright.dataset.example import Example, Message
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.files import write_text_atomic
 from tunewright.inference.generate import Generation, generate
+from tunewright.inference.known_answers import known_answers
 from tunewright.inference.tokens import stop_token_ids
 from tunewright.models import cache_dir as tunewright_cache
 
@@ -112,17 +115,33 @@ def _write_answers(path: Path, answers: dict[str, ReplayChat]) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def _generate_answers(
+def generate_replay_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str]
-) -> dict[str, ReplayChat]:
-    """Greedy answers of the base model; an empty answer is kept too (known, never retried)."""
-    chat = ChatTokenizer(tokenizer, None, 10_000)  # no system prompt: plain chats
+) -> list[Generation]:
+    """Greedy answers of the base model to plain chats (no system prompt), in prompt order."""
+    chat = ChatTokenizer(tokenizer, None, 10_000)
     encoded = [chat.encode_prompt((Message("user", p),)) for p in prompts]
     generations = generate(
         model, tokenizer, encoded, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=_GENERATION_BATCH
     )
     model.train()
-    return {p: ReplayChat(p, g.text, g.stopped) for p, g in zip(prompts, generations, strict=True)}
+    return generations
+
+
+def _generate_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str]
+) -> dict[str, ReplayChat]:
+    """The shipped answers where this model has them, greedy generation for the rest; an empty
+    answer is kept too (known, never retried)."""
+    # any dtype: replay needs answers the base would give, not a like-for-like comparison
+    shipped = known_answers(model, prompts, MAX_ANSWER_TOKENS, same_dtype=False)
+    rest = [p for p in prompts if p not in shipped]
+    generated = dict(zip(rest, generate_replay_answers(model, tokenizer, rest), strict=True))
+    return {
+        p: ReplayChat(p, g.text, g.stopped)
+        for p in prompts
+        for g in [shipped.get(p) or generated[p]]
+    }
 
 
 def base_replay(
