@@ -166,7 +166,11 @@ def general_cell(result: dict, model: str) -> str:
     base = f"{round(g['base_accuracy'] * n)}/{n}"
     if model != "tuned":
         return base
-    return f"{round(g['tuned_accuracy'] * n)}/{n} (vs base {base}, p = {g['test']['p_value']:.2g})"
+    outcome = "passes" if g.get("passed") else "fails"
+    return (
+        f"{round(g['tuned_accuracy'] * n)}/{n} (vs base {base}, p = {g['test']['p_value']:.2g}; "
+        f"{outcome})"
+    )
 
 
 def table_rows(result: dict) -> list[list[str]]:

@@ -10,7 +10,11 @@ from tunewright.pipeline import done_line
 def test_done_line_says_what_was_achieved_and_what_each_stage_took():
     tuned = SimpleNamespace(metrics={"accuracy": {"value": 0.8034, "low": 0.75, "high": 0.85}})
     result = SimpleNamespace(
-        models={"tuned": tuned}, headline="accuracy", n_examples=300, test_rows=300
+        models={"tuned": tuned},
+        headline="accuracy",
+        n_examples=300,
+        test_rows=300,
+        general=None,
     )
     trained = SimpleNamespace(
         out_of_time=True, seconds=301.2, steps=313, tokens_per_second=661.7, precision="bf16"
@@ -25,4 +29,11 @@ def test_done_line_says_what_was_achieved_and_what_each_stage_took():
     result.n_examples = 192
     assert "80.3% on 192 of 300 test rows;" in done_line(
         result, trained, seconds=1, prepare_seconds=1, evaluate_seconds=1
+    )
+
+    # the forgetting check's outcome, when it ran
+    result.general = {"n": 160, "base_accuracy": 83 / 160, "tuned_accuracy": 76 / 160}
+    result.general["passed"] = False
+    assert "192 of 300 test rows; forgetting check failed (76/160 general answers right, base " in (
+        done_line(result, trained, seconds=1, prepare_seconds=1, evaluate_seconds=1)
     )

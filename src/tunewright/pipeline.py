@@ -123,6 +123,12 @@ def done_line(
         if result.test_rows not in (None, rows):
             rows = f"{rows} of {result.test_rows}"
         score = f"tuned {result.headline} {shown} on {rows} test rows; "
+    if result.general:
+        g = result.general
+        right = f"{round(g['tuned_accuracy'] * g['n'])}/{g['n']}"
+        base = f"{round(g['base_accuracy'] * g['n'])}/{g['n']}"
+        outcome = "passed" if g["passed"] else "failed"
+        score += f"forgetting check {outcome} ({right} general answers right, base {base}); "
     budget = " (time budget)" if trained.out_of_time else ""
     return (
         f"done in {int(seconds // 60)} min {int(seconds % 60):02d} s: {score}prepare "

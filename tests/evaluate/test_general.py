@@ -58,7 +58,7 @@ def test_a_large_loss_is_reported_with_its_size_and_p_value():
     assert summary["sentence"].startswith(
         f"General answers got worse by {30 / n * 100:.1f} pts (p = "
     )
-    assert summary["test"]["p_value"] < 0.05
+    assert summary["test"]["p_value"] < 0.05 and not summary["passed"]
     assert summary["base_accuracy"] == 1.0 and len(summary["rows"]) == n
     assert summary["rows"][-1]["tuned"] == {"answer": "zzz", "right": False}
 
@@ -68,3 +68,21 @@ def test_no_change_is_no_significant_loss():
     summary = forgetting_summary(_answers(n - 2), _answers(n - 3))
     assert summary["sentence"].startswith("No significant loss on general questions (p = ")
     assert f"base {n - 2}/{n}, tuned {n - 3}/{n} right" in summary["sentence"]
+    assert summary["passed"]
+
+
+def test_a_loss_beyond_the_margin_fails_even_when_not_significant():
+    items = general_set()
+    n = len(items)
+
+    def right_on(indices) -> list[str]:
+        return [item.answers[0] if k in indices else "zzz" for k, item in enumerate(items)]
+
+    # 7 questions lost, 1 gained: -3.75 points, McNemar p = 0.07
+    summary = forgetting_summary(right_on(range(100)), right_on(range(7, 101)))
+    assert summary["test"]["p_value"] >= 0.05 and not summary["passed"]
+    assert summary["sentence"].startswith(f"General answers fell by {6 / n * 100:.1f} pts (p = ")
+    assert "3-point margin" in summary["sentence"]
+    # within the margin: passes
+    summary = forgetting_summary(right_on(range(100)), right_on(range(4, 100)))
+    assert summary["passed"] and summary["sentence"].startswith("No significant loss")

@@ -22,6 +22,10 @@ from tunewright.evaluate.metrics import normalize_answer
 from tunewright.inference.generate import Generation, generate
 from tunewright.inference.known_answers import known_answers
 
+# The check passes with "no significant loss": no significant drop (paired test, p < 0.05) and
+# tuned within this many points of base, so that a loss too small for 160 questions to prove
+# significant, but large, does not pass by luck.
+MARGIN = 0.03
 # Short facts need few tokens; a longer limit only buys rambling.
 MAX_NEW_TOKENS = 32
 _MAX_PROMPT_TOKENS = 128
@@ -52,9 +56,7 @@ def generate_general(model, tokenizer, *, batch_size: int) -> list[Generation]:
     """Greedy answers of one model to every general question, in set order."""
     chat = ChatTokenizer(tokenizer, None, _MAX_PROMPT_TOKENS)
     prompts = [chat.encode_prompt((Message("user", item.prompt),)) for item in general_set()]
-    return generate(
-        model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size
-    )
+    return generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size)
 
 
 def answer_general(model, tokenizer, *, batch_size: int) -> tuple[list[str], bool]:
@@ -87,8 +89,15 @@ def forgetting_summary(base_answers: list[str], tuned_answers: list[str]) -> dic
         tuned_right,
     )
     base_acc, tuned_acc = sum(base_right) / len(items), sum(tuned_right) / len(items)
-    if test["p_value"] < 0.05 and test["delta"] < 0:
+    significant_loss = test["p_value"] < 0.05 and test["delta"] < 0
+    passed = not significant_loss and tuned_acc >= base_acc - MARGIN
+    if significant_loss:
         sentence = f"General answers got worse by {-test['delta'] * 100:.1f} pts (p = {test['p_value']:.2g})"
+    elif not passed:
+        sentence = (
+            f"General answers fell by {-test['delta'] * 100:.1f} pts (p = {test['p_value']:.2g}): "
+            f"not significant, but more than the check's {MARGIN * 100:g}-point margin"
+        )
     elif test["p_value"] < 0.05:
         sentence = f"General answers got {significance_sentence(test['delta'], test['p_value'])}"
     else:
@@ -106,6 +115,7 @@ def forgetting_summary(base_answers: list[str], tuned_answers: list[str]) -> dic
     ]
     return {
         "n": len(items),
+        "passed": passed,
         "base_accuracy": base_acc,
         "tuned_accuracy": tuned_acc,
         "test": test,
