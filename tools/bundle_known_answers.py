@@ -55,8 +55,9 @@ def main() -> None:
         f"greedy, torch {torch.__version__}, {len(replay)} replay prompts and {len(general)} "
         f"general questions, tools/bundle_known_answers.py"
     )
-    lines = known_answers.file_lines(loaded.model, args.model, answers, note)
-    target = FOLDER / known_answers.file_name(known_answers.fingerprint(loaded.model))
+    digest = known_answers.fingerprint(loaded.model)
+    lines = known_answers.file_lines(loaded.model, args.model, digest, answers, note)
+    target = FOLDER / known_answers.file_name(digest)
     FOLDER.mkdir(exist_ok=True)
     write_text_atomic(target, "\n".join(lines) + "\n")
     print(f"{target}: {len(answers)} answers in {time.perf_counter() - started:.0f} s")

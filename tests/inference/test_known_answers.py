@@ -21,10 +21,9 @@ ROOT = Path(__file__).parents[2]
 
 def _ship(folder: Path, model, answers: dict[tuple[str, int], Generation]) -> None:
     """Write a known-answers file for `model` as the bundling script does."""
-    lines = known_answers.file_lines(model, "tiny", answers, "test")
-    (folder / known_answers.file_name(known_answers.fingerprint(model))).write_text(
-        "\n".join(lines) + "\n", encoding="utf-8"
-    )
+    digest = known_answers.fingerprint(model)
+    lines = known_answers.file_lines(model, "tiny", digest, answers, "test")
+    (folder / known_answers.file_name(digest)).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture
@@ -126,3 +125,32 @@ def test_the_shipped_file_is_the_installed_default_models():
     prompts = [i.prompt for i in general_set()]
     found = known_answers.known_answers(model, prompts, MAX_NEW_TOKENS, same_dtype=True)
     assert len(found) == len(prompts)
+
+
+def test_an_evaluation_reads_the_base_answers_and_says_so(tiny_model_dir, shipped, tmp_path):
+    from tests.evaluate.test_runner import _adapter, _config, _examples
+    from tunewright.dataset.prepared import PreparedDataset
+    from tunewright.evaluate.report import write_markdown
+    from tunewright.evaluate.runner import evaluate
+
+    base = load_model(str(tiny_model_dir)).model
+    items = general_set()
+    _ship(
+        shipped,
+        base,
+        {(i.prompt, MAX_NEW_TOKENS): Generation(i.answers[0], 3, True) for i in items},
+    )
+    cfg = _config(tiny_model_dir, tmp_path, "run", models=["tuned"])
+    trained = _adapter(tiny_model_dir, cfg.run_dir / "adapter", seed=0)
+    test = _examples("intents_test.csv")[:4]
+    dataset = PreparedDataset(
+        folder=tmp_path, train=[], val=[], test=test, labels=sorted({e.label for e in test})
+    )
+    result = evaluate(cfg, dataset, trained)
+    assert result.general["base_answers_shipped"]
+    assert result.general["base_accuracy"] == 1.0  # the shipped answers are the references
+    rows = result.general["rows"]
+    assert [r["base"]["answer"] for r in rows] == [i.answers[0] for i in items]
+    assert not any(r["tuned"]["answer"] == r["base"]["answer"] for r in rows[:5])
+    report = write_markdown(result, tmp_path / "report.md").read_text()
+    assert "The base model's answers are the ones shipped with tunewright" in report

@@ -59,13 +59,16 @@ def generate_general(model, tokenizer, *, batch_size: int) -> list[Generation]:
     return generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size)
 
 
-def answer_general(model, tokenizer, *, batch_size: int) -> tuple[list[str], bool]:
+def answer_general(
+    model, tokenizer, *, batch_size: int, look_up: bool = True
+) -> tuple[list[str], bool]:
     """One model's answers to every general question, in set order, and whether they are the
     shipped answers of this very model (`inference.known_answers`) rather than generated now.
     Shipped answers count only in the dtype they were made in: the check compares them with the
-    tuned model's answers generated in this dtype now."""
+    tuned model's answers generated in this dtype now. `look_up=False` skips the look-up (and its
+    hash of the weights) for a model that cannot have any, such as a freshly tuned one."""
     prompts = [item.prompt for item in general_set()]
-    shipped = known_answers(model, prompts, MAX_NEW_TOKENS, same_dtype=True)
+    shipped = known_answers(model, prompts, MAX_NEW_TOKENS, same_dtype=True) if look_up else {}
     if len(shipped) == len(prompts):
         return [shipped[p].text for p in prompts], True
     return [g.text for g in generate_general(model, tokenizer, batch_size=batch_size)], False

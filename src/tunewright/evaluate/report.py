@@ -346,11 +346,10 @@ def write_markdown(result: EvalResult, path: Path, *, training: dict | None = No
             "",
             result.general["sentence"] + " (`eval/general.jsonl`)",
         ]
-        if result.general.get("shipped_answers"):
-            names = " and ".join(result.general["shipped_answers"])
+        if result.general.get("base_answers_shipped"):
             lines.append(
-                f"The {names} answers are the ones shipped with tunewright for this very model "
-                "(same weights, same dtype), read rather than generated again."
+                "The base model's answers are the ones shipped with tunewright for these very "
+                "weights, generated in the same dtype, read rather than generated again."
             )
     if training:
         lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in training.items()]

@@ -2,10 +2,10 @@
 
 Every run of a recipe with general replay needs the base model's answers to a few hundred general
 chats, and every forgetting check its answers to the 160 general questions. On a fresh install
-those are generated first: 1.5–2 minutes of a 10-minute demo on a slow 2-core machine
-(docs/results.md#demo-2026-12-04). The prompts are ours and so is the default model, so the
-answers are generated once, by the maintainers (`benchmarks/bundle_known_answers.py`), and
-shipped in `known_answers/<fingerprint>.jsonl`.
+generating them was a sizeable share of the 10-minute demo on a slow 2-core machine
+(docs/results.md#demo-2026-12-05). The prompts are ours and so is the default model, so the
+answers are generated once, by the maintainers (`tools/bundle_known_answers.py`), and shipped in
+`known_answers/<fingerprint>.jsonl`.
 
 A file is used only for the model it was made from: it is keyed by a hash of the model's weights
 (`fingerprint`), not by its name, so a fine-tuned or different model under the same name never
@@ -93,13 +93,14 @@ def known_answers(
 def file_lines(
     model: PreTrainedModel,
     model_name: str,
+    model_fingerprint: str,
     answers: dict[tuple[str, int], Generation],
     note: str,
 ) -> list[str]:
     """The lines of a known-answers file (header first), as the bundling script writes them."""
     header = {
         "model": model_name,
-        "fingerprint": fingerprint(model),
+        "fingerprint": model_fingerprint,
         "dtype": str(model.dtype),
         "note": note,
     }

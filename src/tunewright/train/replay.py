@@ -136,12 +136,10 @@ def _generate_answers(
     # any dtype: replay needs answers the base would give, not a like-for-like comparison
     shipped = known_answers(model, prompts, MAX_ANSWER_TOKENS, same_dtype=False)
     rest = [p for p in prompts if p not in shipped]
-    generated = dict(zip(rest, generate_replay_answers(model, tokenizer, rest), strict=True))
-    return {
-        p: ReplayChat(p, g.text, g.stopped)
-        for p in prompts
-        for g in [shipped.get(p) or generated[p]]
-    }
+    answers = shipped | dict(
+        zip(rest, generate_replay_answers(model, tokenizer, rest), strict=True)
+    )
+    return {p: ReplayChat(p, answers[p].text, answers[p].stopped) for p in prompts}
 
 
 def base_replay(
