@@ -115,7 +115,9 @@ def test_loss_and_gradients_equal_running_every_layer(
     data = micro_batches(loaded, chats, share_prefix=share_prefix, label_weighting=label_weighting)
     everything = list(range(len(chats)))
     pad = loaded.tokenizer.pad_token_id
-    bottom = FrozenBottom(data.units, {u: everything for u in everything}, pad, 2)
+    bottom = FrozenBottom(
+        data.units, {u: everything for u in everything}, pad, 2, share_prefix=share_prefix
+    )
     cached, full = FrozenCacheForward(model, bottom), ChunkedLossForward(model)
     # the first batch fills the cache; the others, of other compositions and widths, read it
     for indices in (everything, [4, 1], [5, 0, 2], [3]):
@@ -131,19 +133,21 @@ def test_loss_and_gradients_equal_running_every_layer(
 
 def test_under_bf16_too(tiny_4_layer_model_dir, chats):
     """bf16 weights and autocast, as 'auto' trains where bf16 is fast: the cache keeps the states
-    in the dtype the forward made them, so the top layers see what they would in full. (Against
-    whole rows: in bf16 a shared prefix alone moves gradients by ~1e-2 of their scale.)"""
+    in the dtype the forward made them, and runs the shared prefix as training without it does,
+    so the top layers see what they would in full. (Prefix shared against whole rows: in bf16 the
+    rounding moves gradients by ~1e-2 of their scale, so each side must do the same.)"""
     loaded, model = lora_on_top(tiny_4_layer_model_dir, "bf16")
-    shared = micro_batches(loaded, chats, share_prefix=True)
-    whole = micro_batches(loaded, chats)
     everything = list(range(len(chats)))
     pad = loaded.tokenizer.pad_token_id
-    bottom = FrozenBottom(shared.units, {u: everything for u in everything}, pad, 2)
-    cached, full = FrozenCacheForward(model, bottom), ChunkedLossForward(model)
-    for indices in (everything, [4, 1, 2]):
-        result = loss_and_grads(cached, shared.collate(indices), "bf16")
-        assert_same(result, loss_and_grads(full, whole.collate(indices), "bf16"))
-    assert {h.dtype for h in bottom.hidden.values()} == {torch.bfloat16}
+    for share_prefix in (False, True):
+        data = micro_batches(loaded, chats, share_prefix=share_prefix)
+        first = {u: everything for u in everything}
+        bottom = FrozenBottom(data.units, first, pad, 2, share_prefix=share_prefix)
+        cached, full = FrozenCacheForward(model, bottom), ChunkedLossForward(model)
+        for indices in (everything, [4, 1, 2]):
+            result = loss_and_grads(cached, data.collate(indices), "bf16")
+            assert_same(result, loss_and_grads(full, data.collate(indices), "bf16"))
+        assert {h.dtype for h in bottom.hidden.values()} == {torch.bfloat16}
 
 
 def test_a_unit_keeps_the_states_of_its_first_micro_batch(top_lora, chats):
@@ -164,8 +168,9 @@ def test_a_unit_keeps_the_states_of_its_first_micro_batch(top_lora, chats):
     pad = loaded.tokenizer.pad_token_id
     bottom = Counted(data.units, first_micro_batches(schedule), pad, 2)
     llama = causal_lm_of(model).model
-    rows = bottom.rows(llama, [3, 1])  # resumed at the third micro-batch
+    prefix, rows = bottom.rows(llama, [3, 1])  # resumed at the third micro-batch
     assert bottom.fills == schedule[:2] and bottom.hidden.keys() == set(range(6))
+    assert prefix is None
     assert rows.shape == (2, max(data.lengths[3], data.lengths[1]), llama.config.hidden_size)
     kept = dict(bottom.hidden)
     bottom.rows(llama, [2, 3, 0])
@@ -193,8 +198,38 @@ def test_real_positions_do_not_depend_on_the_padding(top_lora, chats):
         torch.testing.assert_close(together.hidden[unit], alone.hidden[unit], rtol=1e-5, atol=1e-5)
 
 
+def test_a_shared_prefix_fills_the_same_whole_rows(top_lora, chats):
+    """Filled with the common prefix run once, the cache keeps every unit's whole row: the
+    prefix's states copied in front of its own, as running the row alone gives."""
+    loaded, model = top_lora
+    data = micro_batches(loaded, chats, share_prefix=True)
+    llama = causal_lm_of(model).model
+    pad, everything = loaded.tokenizer.pad_token_id, list(range(len(chats)))
+    assert data.collate(everything)["prefix_ids"].shape[1] > 4
+    first = first_micro_batches([everything])
+    shared = FrozenBottom(data.units, first, pad, 2, share_prefix=True)
+    shared.fill(llama, everything)
+    whole = FrozenBottom(data.units, first, pad, 2)
+    whole.fill(llama, everything)
+    for unit in everything:
+        assert shared.hidden[unit].shape == (data.lengths[unit], llama.config.hidden_size)
+        torch.testing.assert_close(shared.hidden[unit], whole.hidden[unit], rtol=1e-5, atol=1e-5)
+    # a batch reads its prefix from the first unit and each row's states after it
+    prefix, rows = shared.rows(llama, [4, 1], prefix_len=3)
+    torch.testing.assert_close(prefix[0], shared.hidden[4][:3], rtol=0, atol=0)
+    torch.testing.assert_close(rows[1, : data.lengths[1] - 3], shared.hidden[1][3:], rtol=0, atol=0)
+
+
 def test_later_epochs_run_no_frozen_layer(tmp_path, tiny_4_layer_model_dir):
-    cfg = config(tmp_path, tiny_4_layer_model_dir, *TOP, "train.epochs=3", "train.precision=fp32")
+    # one pass per layer and micro-batch: with a shared prefix each also runs the prefix once
+    cfg = config(
+        tmp_path,
+        tiny_4_layer_model_dir,
+        *TOP,
+        "train.epochs=3",
+        "train.precision=fp32",
+        "train.shared_prefix=false",
+    )
     run, state = setup(cfg, prepare(cfg, console=QUIET), console=QUIET)
     assert isinstance(run.accelerator.unwrap_model(run.forward), FrozenCacheForward)
     layers = causal_lm_of(run.model).model.layers
