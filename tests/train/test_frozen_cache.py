@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -220,15 +221,15 @@ def test_a_shared_prefix_fills_the_same_whole_rows(top_lora, chats):
     torch.testing.assert_close(rows[1, : data.lengths[1] - 3], shared.hidden[1][3:], rtol=0, atol=0)
 
 
-def test_later_epochs_run_no_frozen_layer(tmp_path, tiny_4_layer_model_dir):
-    # one pass per layer and micro-batch: with a shared prefix each also runs the prefix once
+@pytest.mark.parametrize("shared_prefix", [False, True], ids=["whole-rows", "shared-prefix"])
+def test_later_epochs_run_no_frozen_layer(tmp_path, tiny_4_layer_model_dir, shared_prefix):
     cfg = config(
         tmp_path,
         tiny_4_layer_model_dir,
         *TOP,
         "train.epochs=3",
         "train.precision=fp32",
-        "train.shared_prefix=false",
+        f"train.shared_prefix={str(shared_prefix).lower()}",
     )
     run, state = setup(cfg, prepare(cfg, console=QUIET), console=QUIET)
     assert isinstance(run.accelerator.unwrap_model(run.forward), FrozenCacheForward)
@@ -236,11 +237,19 @@ def test_later_epochs_run_no_frozen_layer(tmp_path, tiny_4_layer_model_dir):
     calls = dict.fromkeys(range(4), 0)
     for i, layer in enumerate(layers):
         layer.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
-    fit(run, state, QUIET)
     per_epoch = math.ceil(len(run.data.units) / cfg.train.batch_size)
+    fit(replace(run, last_step=per_epoch), state, QUIET)
+    first = dict(calls)
+    calls.update(dict.fromkeys(range(4), 0))
+    fit(run, state, QUIET)
     assert len(run.schedule) == 3 * per_epoch and state.step == 3 * per_epoch
-    # the frozen layers ran once per micro-batch of the first epoch; the adapted ones every time
-    assert calls == {0: per_epoch, 1: per_epoch, 2: 3 * per_epoch, 3: 3 * per_epoch}
+    # the frozen layers ran in the first epoch only; the adapted ones in every epoch
+    assert calls[0] == calls[1] == 0 and calls[2] == calls[3] > 0
+    if shared_prefix:  # a micro-batch that shares a prefix runs each layer twice: prefix, rows
+        assert first[0] > per_epoch and first[2] > per_epoch
+    else:  # one pass per layer and micro-batch
+        assert first == dict.fromkeys(range(4), per_epoch)
+        assert calls[2] == 2 * per_epoch
 
 
 def test_training_with_and_without_the_cache_gives_the_same_weights(
