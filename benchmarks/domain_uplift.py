@@ -51,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunewright.config import load_config
+from tunewright.evaluate.general import right_of
 from tunewright.pipeline import run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -162,15 +163,11 @@ def general_cell(result: dict, model: str) -> str:
     g = result.get("general")
     if not g or model not in ("tuned",) and not model.startswith("base_"):
         return ""
-    n = g["n"]
-    base = f"{round(g['base_accuracy'] * n)}/{n}"
+    base = right_of(g, "base")
     if model != "tuned":
         return base
     outcome = "passes" if g.get("passed") else "fails"
-    return (
-        f"{round(g['tuned_accuracy'] * n)}/{n} (vs base {base}, p = {g['test']['p_value']:.2g}; "
-        f"{outcome})"
-    )
+    return f"{right_of(g, 'tuned')} (vs base {base}, p = {g['test']['p_value']:.2g}; {outcome})"
 
 
 def table_rows(result: dict) -> list[list[str]]:

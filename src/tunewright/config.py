@@ -258,6 +258,12 @@ class TrainConfig(_Strict):
         le=0.5,
         description="Share of training rows that are general replay; the chats are repeated to reach it (default: each chat once).",
     )
+    general_replay_weight: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Replay: each replayed token's loss weight against a domain token's 1; above 1, a smaller general_replay_share displaces fewer domain rows for the same pull.",
+    )
     general_replay_answer_tokens: int | None = Field(
         None,
         ge=1,

@@ -11,6 +11,7 @@ from rich.console import Console
 from tunewright.config import RunConfig, save_config
 from tunewright.data.prepare import prepare
 from tunewright.dataset.prepared import PreparedDataset
+from tunewright.evaluate.general import right_of
 from tunewright.evaluate.report import summary_table, verdict, write_reports
 from tunewright.evaluate.runner import EvalResult, evaluate
 from tunewright.preference import ChainResult, run_chain, with_sft_compared
@@ -125,10 +126,11 @@ def done_line(
         score = f"tuned {result.headline} {shown} on {rows} test rows; "
     if result.general:
         g = result.general
-        right = f"{round(g['tuned_accuracy'] * g['n'])}/{g['n']}"
-        base = f"{round(g['base_accuracy'] * g['n'])}/{g['n']}"
         outcome = "passed" if g["passed"] else "failed"
-        score += f"forgetting check {outcome} ({right} general answers right, base {base}); "
+        score += (
+            f"forgetting check {outcome} ({right_of(g, 'tuned')} general answers right, "
+            f"base {right_of(g, 'base')}); "
+        )
     budget = " (time budget)" if trained.out_of_time else ""
     return (
         f"done in {int(seconds // 60)} min {int(seconds % 60):02d} s: {score}prepare "

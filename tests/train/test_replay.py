@@ -243,3 +243,42 @@ def test_replay_is_repeated_or_cut_to_its_share_of_the_training_rows():
     assert len(mixed) == 30 and mixed[:4] == [rows[0], rows[1], rows[2], rows[0]]
     assert repeated_to_share(rows, 4, 0.2) == rows[:1]
     assert repeated_to_share([], 100, 0.5) == []
+
+
+def test_replay_weight_scales_replayed_tokens_but_not_the_steps_divisor(tiny_model_dir):
+    from tunewright.dataset.example import Example
+    from tunewright.train.micro_batches import MicroBatches
+
+    tokenizer = load_model(str(tiny_model_dir)).tokenizer
+    chat = ChatTokenizer(tokenizer, "Name the banking intent.", 256)
+    domain = [Example(messages=(Message("user", "card?"), Message("assistant", "card_arrival")))]
+    replay = encode_replay([ReplayChat("Describe rain.", "Rain is water falling.")], tokenizer, 256)
+
+    def built(weight):
+        return MicroBatches.build(
+            chat,
+            domain,
+            tokenizer.pad_token_id,
+            packing=False,
+            max_seq_len=256,
+            extra=replay,
+            extra_weight=weight,
+        )
+
+    plain, heavy = built(1.0), built(3.0)
+    batch = heavy.collate([0, 1])
+    trained = batch["labels"] != IGNORE_INDEX
+    assert batch["loss_weights"][0][trained[0]].eq(1.0).all()
+    assert batch["loss_weights"][1][trained[1]].eq(3.0).all()
+    assert batch["loss_weights"][~trained].eq(0.0).all()
+    # the divisor counts each trained token once: a replayed token pulls 3x, the mean does not
+    # shrink every other token's pull to make room for it
+    assert (
+        heavy.unit_weights
+        == plain.unit_weights
+        == [
+            float(trained[0, 1:].sum()),
+            float(trained[1, 1:].sum()),
+        ]
+    )
+    assert "loss_weights" not in plain.collate([0, 1])

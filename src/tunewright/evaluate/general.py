@@ -74,6 +74,12 @@ def answer_general(
     return [g.text for g in generate_general(model, tokenizer, batch_size=batch_size)], False
 
 
+def right_of(summary: dict, model: str) -> str:
+    """ "right/n" of the forgetting check for `model` ("base" or "tuned"), from its summary."""
+    n = summary["n"]
+    return f"{round(summary[f'{model}_accuracy'] * n)}/{n}"
+
+
 def forgetting_summary(base_answers: list[str], tuned_answers: list[str]) -> dict:
     """Accuracy of each model, the paired test of tuned vs base, and one sentence about it."""
     items = general_set()

@@ -66,16 +66,18 @@ class MicroBatches:
         packing: bool,
         max_seq_len: int,
         extra: Sequence[TokenizedExample] = (),
+        extra_weight: float = 1.0,
         extra_teachers: Sequence[Teacher] = (),
         teacher_weight: float = 0.0,
         share_prefix: bool = False,
         label_weighting: LabelWeighting = "none",
     ) -> MicroBatches:
         """`extra`: examples already tokenised (general replay), trained alongside `examples`
-        with weight 1; `extra_teachers`: the base's distributions on them, `teacher_weight`
-        their share of the targets (plain rows only). `share_prefix`: collate a micro-batch's
-        common prompt start once (plain rows only: a packed row is a whole sequence of its
-        own). `label_weighting`: class weights for labelled examples."""
+        with loss weight `extra_weight` per token (a domain token's is 1); `extra_teachers`: the
+        base's distributions on them, `teacher_weight` their share of the targets (plain rows
+        only). `share_prefix`: collate a micro-batch's common prompt start once (plain rows
+        only: a packed row is a whole sequence of its own). `label_weighting`: class weights
+        for labelled examples."""
         if extra_teachers and packing:
             raise ValueError("soft targets need plain rows: packing is on")
         plain = [
@@ -84,7 +86,7 @@ class MicroBatches:
         by_label = label_weights([e.label for e in examples], label_weighting)
         weighted = [
             reweighted(unit, by_label.get(e.label, 1.0)) for unit, e in zip(plain, examples)
-        ] + plain[len(examples) :]
+        ] + [reweighted(unit, extra_weight) for unit in plain[len(examples) :]]
 
         def arrange(encoded: list[TokenizedExample]) -> Sequence[Unit]:
             if not packing:
@@ -104,11 +106,12 @@ class MicroBatches:
             else whole_rows
         )
         units = arrange(weighted)
-        # The step's loss is divided by its trained tokens' own weights, not the class-weighted
-        # ones: else a micro-batch of one label (length grouping makes them common) would divide
-        # its class weight back out. Computed once per unit, so every rank can size a step
-        # without communication.
-        normalising = arrange(plain) if by_label else units
+        # The step's loss is divided by its trained tokens' own weights, not the class- or
+        # replay-weighted ones: else a micro-batch of one label (length grouping makes them
+        # common) would divide its class weight back out, and a heavier replayed token would
+        # also count heavier in the divisor. Computed once per unit, so every rank can size a
+        # step without communication.
+        normalising = arrange(plain) if by_label or extra_weight != 1.0 else units
         weights = [trained_weight(whole_rows([unit])) for unit in normalising]
         teachers = [None] * len(examples) + list(extra_teachers) if extra_teachers else ()
         return cls(units, collate_units, weights, teachers, teacher_weight)

@@ -149,6 +149,7 @@ def setup(
             packing=tc.packing,
             max_seq_len=cfg.data.max_seq_len,
             extra=replay,
+            extra_weight=tc.general_replay_weight,
             extra_teachers=teachers,
             teacher_weight=tc.general_replay_kl,
             share_prefix=share_prefix,
