@@ -58,8 +58,8 @@ VARIANTS = {
         "train.general_replay_share=0.2",
         "train.general_replay_answer_tokens=16",
     ],
-    # fewer replay rows, each token weighing more: the same pull on the model, fewer domain rows
-    # displaced (`general_replay_weight`)
+    # fewer replay rows, each token weighing more (`general_replay_weight`): the same pull in
+    # expectation with fewer domain rows displaced; whether it costs fewer points: docs/results.md
     "share-5-w2-a16": [
         REPLAY,
         "train.general_replay_share=0.05",
