@@ -262,7 +262,7 @@ class TrainConfig(_Strict):
         1.0,
         gt=0,
         le=10,
-        description="Replay: each replayed token's loss weight against a domain token's 1; above 1, a smaller general_replay_share displaces fewer domain rows for the same pull.",
+        description="Replay: each replayed token's loss weight against a domain token's 1; above 1, a smaller general_replay_share gives the same pull in expectation and displaces fewer domain rows.",
     )
     general_replay_answer_tokens: int | None = Field(
         None,

@@ -13,7 +13,7 @@ from rich.console import Console
 from tests.train.test_loop import config
 from tunewright.config import TrainConfig
 from tunewright.data.prepare import prepare
-from tunewright.dataset.example import Message
+from tunewright.dataset.example import Example, Message
 from tunewright.dataset.tokenize import IGNORE_INDEX, ChatTokenizer, TokenizedExample
 from tunewright.evaluate.general import general_set
 from tunewright.evaluate.metrics import normalize_answer
@@ -21,7 +21,7 @@ from tunewright.inference.generate import Generation, generate
 from tunewright.inference.tokens import stop_token_ids
 from tunewright.models import load_model
 from tunewright.train.loop import train
-from tunewright.train.micro_batches import drop_untrained_tail
+from tunewright.train.micro_batches import MicroBatches, drop_untrained_tail
 from tunewright.train.replay import (
     CACHE_FILE,
     MAX_ANSWER_TOKENS,
@@ -246,9 +246,6 @@ def test_replay_is_repeated_or_cut_to_its_share_of_the_training_rows():
 
 
 def test_replay_weight_scales_replayed_tokens_but_not_the_steps_divisor(tiny_model_dir):
-    from tunewright.dataset.example import Example
-    from tunewright.train.micro_batches import MicroBatches
-
     tokenizer = load_model(str(tiny_model_dir)).tokenizer
     chat = ChatTokenizer(tokenizer, "Name the banking intent.", 256)
     domain = [Example(messages=(Message("user", "card?"), Message("assistant", "card_arrival")))]

@@ -75,7 +75,7 @@ def answer_general(
 
 
 def right_of(summary: dict, model: str) -> str:
-    """ "right/n" of the forgetting check for `model` ("base" or "tuned"), from its summary."""
+    """The forgetting check's right answers of `model` ("base" or "tuned") as "right/n"."""
     n = summary["n"]
     return f"{round(summary[f'{model}_accuracy'] * n)}/{n}"
 
