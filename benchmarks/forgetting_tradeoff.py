@@ -47,6 +47,9 @@ VARIANTS = {
     "share-5": [REPLAY, "train.general_replay_share=0.05"],
     "share-10": [REPLAY, "train.general_replay_share=0.1"],
     "share-25": [REPLAY, "train.general_replay_share=0.25"],
+    # for recipes of long domain rows (PubMedQA's abstracts), where a replayed chat costs a
+    # fraction of a domain row's compute
+    "share-50": [REPLAY, "train.general_replay_share=0.5"],
     # only each answer's first 16 tokens: replay rows as short as domain rows, so a step costs less
     "share-10-a16": [
         REPLAY,
@@ -133,10 +136,10 @@ def versus_first(first: dict, other: dict, percent: bool) -> str:
     a, b = _scores(first["run_dir"]), _scores(other["run_dir"])
     common = sorted(a.keys() & b.keys())
     paired = paired_bootstrap([a[k] for k in common], [b[k] for k in common])
-    scale, unit = (100, " pts") if percent else (1, "")
-    return (
-        f"{paired.delta * scale:+.1f}{unit} [{paired.low * scale:+.1f}, {paired.high * scale:+.1f}]"
-    )
+    # points for a rate; three decimals for a score such as ROUGE-L, as its own cells have
+    scale, unit, digits = (100, " pts", 1) if percent else (1, "", 3)
+    delta, low, high = (f"{v * scale:+.{digits}f}" for v in (paired.delta, paired.low, paired.high))
+    return f"{delta}{unit} [{low}, {high}]"
 
 
 def table(results: list[dict], header: str) -> str:
