@@ -128,12 +128,12 @@ def _scores(run_dir: str) -> dict[str, float]:
     return {row["source"]: row["tuned"]["score"] for row in rows}
 
 
-def versus_first(first: dict, other: dict, percent: bool) -> str:
-    """The domain metric's difference from the first variant, paired over the test rows both
-    answered (the same rows: every variant runs the same recipe's split), with its 95% paired
-    bootstrap interval: two variants' own intervals overlap long before their difference is
-    unresolved, so this says whether a 2-point target is met or cannot be told."""
-    a, b = _scores(first["run_dir"]), _scores(other["run_dir"])
+def versus_first(first: dict[str, float], other: dict, percent: bool) -> str:
+    """The domain metric's difference from the first variant (`first`: its `_scores`), paired
+    over the test rows both answered (the same rows: every variant runs the same recipe's split),
+    with its 95% paired bootstrap interval: two variants' own intervals overlap long before their
+    difference is unresolved, so this says whether a 2-point target is met or cannot be told."""
+    a, b = first, _scores(other["run_dir"])
     common = sorted(a.keys() & b.keys())
     paired = paired_bootstrap([a[k] for k in common], [b[k] for k in common])
     # points for a rate; three decimals for a score such as ROUGE-L, as its own cells have
@@ -154,10 +154,11 @@ def table(results: list[dict], header: str) -> str:
         ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    first = _scores(results[0]["run_dir"])  # read once, paired with every other variant
     for r in results:
         g, t = r["general"], r["training"]
         right = f"{right_of(g, 'base')} → {right_of(g, 'tuned')}"
-        delta = "" if r is results[0] else versus_first(results[0], r, percent)
+        delta = "" if r is results[0] else versus_first(first, r, percent)
         lines.append(
             f"| {r['variant']} | {_cell(r['tuned'], head, percent)} | {delta} | "
             f"{_cell(r['tuned'], 'macro_f1', False) if 'macro_f1' in r['tuned'] else '-'} | "
