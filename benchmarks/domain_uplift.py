@@ -71,6 +71,7 @@ BUDGET_OVERRIDES = {
     "customer-support": [
         "data.max_train_examples=null",
         "data.max_test_examples=500",
+        "evaluate.max_minutes=null",  # the recipe's evaluation budget would sample the 500 down
         "evaluate.models=[base_0shot,base_kshot,tuned,tfidf_logreg,embed_logreg]",
         "evaluate.label_decoding=constrained",
     ],
